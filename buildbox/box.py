@@ -1,0 +1,177 @@
+"""One sandbox: an overlay clone of read-only layers, its mounts, and commands run inside it.
+
+This is the only module that mounts. Every mount is undone by the box's ExitStack, in reverse
+order, on every way out of the `with` block: return, exception, Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import shlex
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from buildbox import log
+from buildbox.errors import BuildFailed, InputError
+from buildbox.process import run
+from buildbox.store import Store, remove_tree
+
+ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+MAX_SYMLINKS = 40
+
+
+def resolve_in_root(root: Path, path: str) -> Path:
+    """Where `path` leads inside the box whose / is `root`, following symlinks as the box would.
+
+    An absolute symlink restarts at root and '..' stops at root, so a link to /etc/shadow
+    in the box names the box's /etc/shadow, never the host's.
+    """
+    parts = collections.deque(path.split("/"))
+    resolved: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.popleft()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = root.joinpath(*resolved, part)
+        if candidate.is_symlink():
+            hops += 1
+            if hops > MAX_SYMLINKS:
+                raise BuildFailed(f"too many levels of symlinks resolving {path} in the box")
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                resolved = []
+            parts.extendleft(reversed(target.split("/")))
+            continue
+        resolved.append(part)
+    return root.joinpath(*resolved)
+
+
+def mounts_under(path: Path) -> list[str]:
+    """Mount points at or below path, deepest first (from /proc/self/mountinfo)."""
+    prefix = str(path)
+    found = []
+    with open("/proc/self/mountinfo") as info:
+        for line in info:
+            target = line.split()[4].encode().decode("unicode_escape")
+            if target == prefix or target.startswith(prefix + "/"):
+                found.append(target)
+    return sorted(found, key=len, reverse=True)
+
+
+class Box:
+    """A writable clone of `layers` (top first), mounted at self.root for the life of the block."""
+
+    def __init__(self, store: Store, layers: Sequence[Path], *, label: str,
+                 upper: Path | None = None, keep: bool = False) -> None:
+        self.store = store
+        self.layers = list(layers)
+        self.label = label
+        self.keep = keep
+        self.dir = store.dir("boxes") / f"{label}-{uuid.uuid4().hex[:8]}"
+        self.upper = upper or self.dir / "upper"
+        self.root = self.dir / "root"
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> Box:
+        for path in (*self.layers, self.dir):
+            if any(c in str(path) for c in ":,\n"):
+                raise InputError(f"the cache path {path} holds ':' or ','", hint="use a cache path without them")
+        self.dir.mkdir(parents=True)
+        self._stack.callback(self._remove)
+        try:
+            for d in (self.upper, self.dir / "work", self.root):
+                d.mkdir(exist_ok=True)
+            lower = ":".join(str(p) for p in self.layers)
+            self._mount(["-t", "overlay", "overlay", "-o",
+                         f"lowerdir={lower},upperdir={self.upper},workdir={self.dir / 'work'}"],
+                        self.root, undo=not self.keep)
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def path(self, box_path: str) -> Path:
+        """The host path of box_path, resolved inside the box."""
+        return resolve_in_root(self.root, box_path)
+
+    def mount_proc(self) -> None:
+        self._mount(["-t", "proc", "-o", "nosuid,nodev,noexec", "proc"], self._target("/proc", dir=True))
+
+    def bind(self, host: Path, box_path: str, *, readonly: bool = True) -> None:
+        """Make a host path visible in the box (on purpose, and said in the log)."""
+        target = self._target(box_path, dir=host.is_dir())
+        log.note(f"bind {host} -> {box_path}{' (read-only)' if readonly else ''}")
+        self._mount(["--bind", str(host)], target)
+        if readonly:
+            run(["mount", "-o", "remount,bind,ro", target], what=f"read-only remount of {box_path}")
+
+    def _target(self, box_path: str, *, dir: bool) -> Path:
+        """A mount point inside the box, made if missing; never a symlink that could lead out."""
+        target = self.path(box_path)
+        if dir:
+            target.mkdir(parents=True, exist_ok=True)
+        elif not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.touch()
+        return target
+
+    def _mount(self, args: list[str], target: Path, *, undo: bool = True) -> None:
+        run(["mount", *args, target], what=f"mount {target}")
+        if undo:
+            self._stack.callback(_unmount, target)
+
+    def run(self, argv: Sequence[str], *, what: str, user: str | None = None,
+            env: Mapping[str, str] | None = None, cwd: str = "/", log: Path | None = None,
+            stream: bool = False, capture: bool = False) -> str:
+        """Run argv inside the box with exactly env (root's PATH if none), as user "UID:GID" or root."""
+        env = dict(env or {"PATH": ROOT_PATH})
+        chroot = ["chroot"]
+        if user:
+            # Numeric ids, and the groups spelled out: chroot would otherwise look the user up on
+            # the host, and keep root's supplementary groups.
+            chroot += [f"--userspec={user}", f"--groups={user.split(':')[1]}"]
+        command = [*chroot, str(self.root), "/usr/bin/env", "-i", "-C", cwd,
+                   *(f"{k}={v}" for k, v in env.items()), *argv]
+        return run(command, what=what, log=log, stream=stream, capture=capture)
+
+    def describe(self) -> str:
+        return f"{self.dir} (chroot {self.root}; upper layer {self.upper})"
+
+    def _remove(self) -> None:
+        if self.keep:
+            log.say(f"buildbox: kept the box {self.label} at {self.root}: "
+                    f"`chroot {shlex.quote(str(self.root))}` to look; "
+                    f"`umount {shlex.quote(str(self.root))} && rm -r {shlex.quote(str(self.dir))}` when done")
+            return
+        left = mounts_under(self.dir)
+        if left:
+            # Never delete through a mount: a bind of a host directory would lose its files.
+            log.warn(f"not removing {self.dir}: still mounted: {', '.join(left)}")
+            return
+        remove_tree(self.dir)
+
+
+def _unmount(target: Path) -> None:
+    """Unmount, waiting out a short busy spell; detach it lazily as the last resort."""
+    for attempt in range(5):
+        try:
+            run(["umount", target], what=f"umount {target}", capture=True, cleanup=True)
+            return
+        except BuildFailed as err:
+            if "not mounted" in err.tail:
+                return
+            time.sleep(0.2 * (attempt + 1))
+    log.warn(f"{target} stayed busy; detaching it lazily")
+    run(["umount", "--lazy", target], what=f"lazy umount {target}", capture=True, cleanup=True)

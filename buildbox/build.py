@@ -1,0 +1,187 @@
+"""The build: the recipe's script as the build user, the checks on what it left in $OUT, and the
+artifacts copied out of the box (resolved inside it) into the cache and on to out/NAME/."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from buildbox import log
+from buildbox.base import BUILD_DIR, BUILDER
+from buildbox.box import Box, resolve_in_root
+from buildbox.errors import BuildFailed, InputError
+from buildbox.process import run
+from buildbox.recipe import Recipe
+from buildbox.store import Store, file_sha256, remove_tree
+
+OUT = f"{BUILD_DIR}/out"
+SRC = f"{BUILD_DIR}/src"
+EPOCH = 1700000000
+MANIFEST = "manifest.json"
+MAX_DEPTH = 32
+
+
+def build_env(recipe: Recipe) -> dict[str, str]:
+    """The whole environment of a build: fixed, clean, the same on every host."""
+    env = BUILDER.login_env()
+    env.update({"SOURCE_DATE_EPOCH": str(EPOCH), "OUT": OUT})
+    env.update(dict(recipe.env))
+    return env
+
+
+def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, inputs: dict[str, Any],
+               logfile: Path, *, stream: bool, keep: bool) -> None:
+    """Build in a fresh box, check the artifacts, and fill entry/ with them and their manifest."""
+    files = entry / "files"
+    files.mkdir()
+    with Box(store, layers, label=f"build-{recipe.name}", keep=keep) as box:
+        box.mount_proc()
+        box.bind(Path("/etc/resolv.conf").resolve(), "/etc/resolv.conf")
+        log.note(f"build log: {logfile}")
+        # umask set here, the script handed over as an argument: no quoting of user code.
+        box.run(["sh", "-c", 'umask 022 && exec sh -e -c "$1" "$0"', recipe.name, recipe.script],
+                what=f"the build of {recipe.name}", user=BUILDER.spec, env=build_env(recipe), cwd=SRC,
+                log=logfile, stream=stream)
+        artifacts = collect(box.root, OUT)
+        if not artifacts:
+            raise BuildFailed(f"the build of {recipe.name} left $OUT ({OUT}) empty",
+                              hint="copy what the build makes into \"$OUT/\" at the end of [build] script")
+        for rel, source in artifacts.items():
+            dest = files / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, dest)
+            os.chmod(dest, 0o755 if source.stat().st_mode & 0o111 else 0o644)
+            os.utime(dest, (EPOCH, EPOCH))
+        check_in_box(box, artifacts)
+    facts = verify_on_host(recipe, files)
+    run_verify_commands(recipe, files, logfile)
+    manifest = {
+        "recipe": recipe.name,
+        "key": inputs["key"],
+        "inputs": {k: v for k, v in inputs.items() if k != "key"},
+        "artifacts": {rel: {"sha256": file_sha256(files / rel), "size": (files / rel).stat().st_size,
+                            **facts.get(rel, {})}
+                      for rel in sorted(artifacts)},
+    }
+    (entry / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def collect(root: Path, box_dir: str) -> dict[str, Path]:
+    """Every file under box_dir, by path relative to it, each resolved inside the box.
+
+    A symlink is followed as the box would follow it, so a link to /etc/passwd yields the box's
+    /etc/passwd, never the host's. Anything but files and directories is refused.
+    """
+    found: dict[str, Path] = {}
+
+    def walk(box_path: str, rel: str, depth: int) -> None:
+        if depth > MAX_DEPTH:
+            raise BuildFailed(f"$OUT/{rel} nests deeper than {MAX_DEPTH} levels (a symlink loop?)")
+        real = resolve_in_root(root, box_path)
+        if real.is_dir():
+            for name in sorted(os.listdir(real)):
+                walk(f"{box_path}/{name}", f"{rel}/{name}" if rel else name, depth + 1)
+        elif real.is_file():
+            if rel == MANIFEST:
+                raise BuildFailed(f"$OUT/{MANIFEST} is reserved for buildbox's manifest",
+                                  hint="name that artifact differently")
+            found[rel] = real
+        elif not real.exists():
+            raise BuildFailed(f"$OUT/{rel} leads to {real.relative_to(root)}, which does not exist in the box",
+                              hint="copy the file itself into $OUT")
+        else:
+            raise BuildFailed(f"$OUT/{rel} is not a regular file (a device, socket or fifo)")
+
+    walk(box_dir, "", 0)
+    return found
+
+
+def check_in_box(box: Box, artifacts: dict[str, Path]) -> None:
+    """ldd inside the box: every library of every dynamic ELF must resolve there."""
+    from buildbox.elf import read_elf
+    for rel, real in sorted(artifacts.items()):
+        info = read_elf(real)
+        if info is None or info.static:
+            continue
+        box_path = "/" + str(real.relative_to(box.root))
+        out = box.run(["ldd", box_path], what=f"ldd {rel}", user=BUILDER.spec, env=BUILDER.login_env(),
+                      capture=True)
+        missing = [line.split()[0] for line in out.splitlines() if "not found" in line]
+        if missing:
+            raise BuildFailed(f"{rel}: ldd inside the box finds no {', '.join(missing)}",
+                              hint="add the package that ships it to [packages] install")
+
+
+def verify_on_host(recipe: Recipe, files: Path) -> dict[str, dict[str, Any]]:
+    """pyelftools on the host: static or not, the interpreter, and every NEEDED library found."""
+    from buildbox.elf import loader_dirs, read_elf, resolve_needed
+    dirs = loader_dirs()
+    facts: dict[str, dict[str, Any]] = {}
+    for path in sorted(p for p in files.rglob("*") if p.is_file()):
+        rel = str(path.relative_to(files))
+        info = read_elf(path)
+        if info is None:
+            continue
+        facts[rel] = {"elf": {"static": info.static, "interpreter": info.interpreter,
+                              "needed": list(info.needed), "rpath": list(info.rpath),
+                              "runpath": list(info.runpath)}}
+        if recipe.static and not info.static:
+            raise BuildFailed(f"{rel} is dynamically linked ({', '.join(info.needed) or info.interpreter}) "
+                              "but [verify] static = true", hint="link it statically (CGO_ENABLED=0 for Go)")
+        if info.interpreter and not os.path.exists(info.interpreter):
+            raise BuildFailed(f"{rel} needs the loader {info.interpreter}, which the host does not have")
+        missing = [name for name, where in resolve_needed(info, path.parent, dirs).items() if where is None]
+        if missing:
+            raise BuildFailed(f"{rel} needs {', '.join(missing)}, which the host does not have",
+                              hint="install it on the host, or build statically ([verify] static = true)")
+    return facts
+
+
+def run_verify_commands(recipe: Recipe, files: Path, logfile: Path) -> None:
+    """The recipe's [verify] run commands, on the host, with the artifacts first on PATH.
+
+    They run what the build made, so they run as nobody, with no groups and a clean environment.
+    """
+    env = {"PATH": f"{files}:/usr/local/bin:/usr/bin:/bin", "HOME": "/nonexistent", "LANG": "C.UTF-8",
+           "TZ": "UTC"}
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--no-new-privs"]
+    for command in recipe.verify_run:
+        log.note(f"verify: {command}")
+        run([*nobody, "sh", "-ec", command], what=f"the verify command `{command}`", env=env, cwd=files,
+            log=logfile, stream=not log.quiet)
+
+
+def install_out(entry: Path, dest: Path) -> None:
+    """Put a build entry's artifacts and manifest at dest, replacing what was there in one rename."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.is_symlink() or dest.is_file():
+        raise InputError(f"{dest} is not a directory", hint="remove it or choose another --out")
+    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
+    old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+    remove_tree(tmp)
+    shutil.copytree(entry / "files", tmp)
+    shutil.copy2(entry / MANIFEST, tmp / MANIFEST)
+    if dest.exists():
+        os.rename(dest, old)
+    os.rename(tmp, dest)
+    remove_tree(old)
+
+
+def out_is_current(dest: Path, key: str) -> bool:
+    """Whether dest holds the build `key`, whole (every artifact there at its recorded size)."""
+    try:
+        manifest = json.loads((dest / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    if manifest.get("key") != key:
+        return False
+    for rel, fact in manifest.get("artifacts", {}).items():
+        try:
+            if (dest / rel).stat().st_size != fact["size"]:
+                return False
+        except OSError:
+            return False
+    return True

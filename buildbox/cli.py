@@ -1,0 +1,136 @@
+"""The buildbox command: arguments in, exit status out (0 built, 1 a build or verification
+failed, 2 bad input or usage, 130 interrupted). Nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+
+from buildbox import __version__, log
+from buildbox.errors import BuildboxError, BuildFailed, InputError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own exit status 2 is ours too
+        self.exit(2, f"buildbox: error: {message}; see `buildbox --help`\n")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = _Parser(prog="buildbox", description="Reproducible builds in chroot sandboxes.")
+    top.add_argument("--version", action="version", version=f"buildbox {__version__}")
+    commands = top.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--cache", type=Path, default=Path(os.environ.get("BUILDBOX_CACHE", "cache")),
+                       help="the cache directory (default: $BUILDBOX_CACHE or ./cache)")
+        p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    run = commands.add_parser("run", help="build recipes and put their artifacts in out/NAME/")
+    run.add_argument("recipes", nargs="+", type=Path, metavar="RECIPE")
+    run.add_argument("--out", type=Path, default=Path("out"), help="where artifacts go (default: ./out)")
+    run.add_argument("--keep", action="store_true", help="leave the build box for inspection")
+    run.add_argument("-j", "--jobs", type=int, default=1, help="recipes built in parallel")
+    run.add_argument("-q", "--quiet", action="store_true", help="don't stream the build log")
+    common(run)
+
+    lister = commands.add_parser("list", help="show recipes and whether each is up to date")
+    lister.add_argument("recipes", nargs="*", type=Path, metavar="RECIPE",
+                        help="recipe files (default: recipes/*.toml)")
+    lister.add_argument("--out", type=Path, default=Path("out"))
+    common(lister)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        return cmd_list(args)
+    except BuildboxError as err:
+        if args.debug:
+            traceback.print_exc()
+        tail = getattr(err, "tail", "")
+        if tail:
+            log.say("---- last lines of output ----\n" + tail + "\n------------------------------")
+        log.say(f"buildbox: error: {err}")
+        return err.exit_code
+    except KeyboardInterrupt:
+        log.say("buildbox: interrupted")
+        return 130
+
+
+def _load(paths: list[Path]):
+    from buildbox.recipe import load_recipe
+    recipes = [load_recipe(p) for p in paths]
+    names: dict[str, Path] = {}
+    for recipe in recipes:
+        if recipe.name in names:
+            raise InputError(f"two recipes are named '{recipe.name}' ({names[recipe.name]} and {recipe.path})",
+                             where=str(recipe.path), hint="give one of them another name = \"...\"")
+        names[recipe.name] = recipe.path
+    return recipes
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from buildbox import process
+    from buildbox.store import Store
+    from buildbox.tasks import Planner
+
+    if args.jobs < 1:
+        raise InputError(f"-j {args.jobs}: the number of jobs must be at least 1")
+    recipes = _load(args.recipes)
+    if os.geteuid() != 0:
+        raise InputError("buildbox run needs root: it mounts overlays and chroots",
+                         hint="run it as root (sudo buildbox run ...)")
+    log.quiet = args.quiet
+    planner = Planner(Store(args.cache), recipes, args.out, keep=args.keep, stream=not args.quiet)
+
+    def on_signal(signum: int, frame: object) -> None:
+        # Stop the running commands and let every box unwind its mounts; a second signal is final.
+        log.say(f"buildbox: {signal.Signals(signum).name}: stopping the running stage")
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        process.interrupt()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    planner.run(args.jobs)
+    for recipe in recipes:
+        out = planner.out_dir(recipe)
+        manifest = json.loads((out / "manifest.json").read_text())
+        for rel, fact in manifest["artifacts"].items():
+            print(f"{fact['sha256']}  {out / rel}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from buildbox.build import out_is_current
+    from buildbox.recipe import find_recipes
+    from buildbox.store import Store
+    from buildbox.tasks import Planner
+
+    paths = args.recipes or find_recipes(Path("recipes"))
+    recipes = _load(paths)
+    planner = Planner(Store(args.cache), recipes, args.out)
+    for recipe in recipes:
+        try:
+            key = planner.build_key(recipe)
+            if out_is_current(planner.out_dir(recipe), key):
+                state = "up to date"
+            elif planner.store.has("builds", key):
+                state = "built (in the cache, not in out/)"
+            else:
+                state = "needs a build"
+        except BuildFailed:
+            state = "needs a build (its source ref can't be resolved yet)"
+        print(f"{recipe.name:24} {state:40} {recipe.path}")
+    return 0
+
+
+def entry_point() -> None:
+    sys.exit(main())

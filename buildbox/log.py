@@ -1,0 +1,38 @@
+"""What buildbox tells the person at the terminal: steps, notes and warnings, all on stderr."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+_lock = threading.Lock()
+quiet = False
+
+
+def say(text: str) -> None:
+    """Print one line for the user (stderr keeps stdout for results)."""
+    with _lock:
+        print(text, file=sys.stderr, flush=True)
+
+
+def note(text: str) -> None:
+    if not quiet:
+        say(f"    {text}")
+
+
+def warn(text: str) -> None:
+    say(f"buildbox: warning: {text}")
+
+
+@contextlib.contextmanager
+def step(text: str) -> Iterator[None]:
+    """Announce a step and, when it ends well, how long it took; a failing step is left to the error."""
+    if not quiet:
+        say(f"==> {text}")
+    started = time.monotonic()
+    yield
+    if not quiet:
+        say(f"    done in {time.monotonic() - started:.1f}s: {text}")

@@ -1,0 +1,115 @@
+"""The one way buildbox runs a program: logged, streamed or captured, killed with its group on the way out."""
+
+from __future__ import annotations
+
+import collections
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+from buildbox.errors import BuildFailed, Interrupted
+
+TAIL_LINES = 30
+
+_live: set[subprocess.Popen] = set()
+_live_lock = threading.Lock()
+_interrupted = threading.Event()
+
+
+def run(argv: Sequence[str], *, what: str, env: Mapping[str, str] | None = None,
+        cwd: Path | None = None, log: Path | None = None, stream: bool = False,
+        capture: bool = False, cleanup: bool = False) -> str:
+    """Run argv to the end; return its stdout when capture is set; raise BuildFailed with the output's tail.
+
+    Once interrupted, only cleanup commands (unmounting) still start.
+    """
+    argv = [str(a) for a in argv]
+    if _interrupted.is_set() and not cleanup:
+        raise Interrupted(f"interrupted before {what}")
+    # A session of its own, so that Ctrl-C reaches buildbox alone and buildbox decides how the
+    # command's whole process group is stopped (before the mounts under it are undone).
+    proc = subprocess.Popen(argv, env=dict(env) if env is not None else None, cwd=cwd,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE if capture else subprocess.STDOUT,
+                            start_new_session=True)
+    with _live_lock:
+        _live.add(proc)
+    try:
+        if capture:
+            out, err = proc.communicate()
+            text, tail = out.decode(errors="replace"), (err + out).decode(errors="replace")
+        else:
+            text, tail = "", _pump(proc.stdout, log, stream)
+            proc.wait()
+    except BaseException:
+        _stop(proc)
+        raise
+    finally:
+        with _live_lock:
+            _live.discard(proc)
+    if proc.returncode != 0 and _interrupted.is_set() and not cleanup:
+        raise Interrupted(f"interrupted during {what}")
+    if proc.returncode != 0:
+        lines = tail.rstrip("\n").splitlines()[-TAIL_LINES:]
+        raise BuildFailed(f"{what} failed (exit status {proc.returncode})",
+                          hint=f"command: {shlex.join(argv)}" + (f"; full log: {log}" if log else ""),
+                          tail="\n".join(lines))
+    return text
+
+
+def _pump(pipe: IO[bytes], log: Path | None, stream: bool) -> str:
+    """Copy a command's output to its log and, when streaming, the terminal; keep the last lines."""
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    logfile = open(log, "ab") if log else None
+    try:
+        for raw in pipe:
+            if logfile:
+                logfile.write(raw)
+            if stream:
+                sys.stderr.buffer.write(raw)
+                sys.stderr.flush()
+            tail.append(raw.decode(errors="replace"))
+    finally:
+        if logfile:
+            logfile.close()
+    return "".join(tail)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop a command and everything in its process group: TERM, a grace period, then KILL."""
+    for sig, grace in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def interrupt() -> None:
+    """Stop every command still running and start no new one but cleanups (Ctrl-C, SIGTERM)."""
+    _interrupted.set()
+    _signal_all(signal.SIGTERM)
+    # Called from a signal handler: never wait here. Whatever ignores TERM gets KILL a little later.
+    timer = threading.Timer(5, _signal_all, args=(signal.SIGKILL,))
+    timer.daemon = True
+    timer.start()
+
+
+def _signal_all(sig: int) -> None:
+    with _live_lock:
+        procs = list(_live)
+    for proc in procs:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass

@@ -1,0 +1,331 @@
+"""Recipes and bases: TOML read with tomlkit, checked once, turned into frozen dataclasses.
+
+Everything past this module trusts what it gets; every mistake in a file is reported here, on one
+line that names the file, the line and what to write instead.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn, Union
+from urllib.parse import urlparse
+
+import tomlkit
+import tomlkit.exceptions
+
+from buildbox.errors import InputError
+
+DEFAULT_BASE = "debian-bookworm"
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+PACKAGE_RE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+# Set by buildbox for every build; a recipe may not change what they mean.
+RESERVED_ENV = ("HOME", "USER", "LOGNAME", "OUT")
+
+
+@dataclass(frozen=True)
+class TarballSet:
+    """A file-set tarball (OpenBSD-style sets), fetched and checked against its sha256."""
+    url: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class BootstrapSet:
+    """A Debian bootstrap made by mmdebstrap into a tarball."""
+    suite: str
+    mirror: str
+    variant: str
+    packages: tuple[str, ...]
+
+
+Set = Union[TarballSet, BootstrapSet]
+
+
+@dataclass(frozen=True)
+class Base:
+    name: str
+    path: Path
+    sets: tuple[Set, ...]
+
+
+@dataclass(frozen=True)
+class GitSource:
+    url: str          # a remote URL, or an absolute local path / file:// URL bound read-only into the box
+    ref: str
+
+    @property
+    def local_path(self) -> Path | None:
+        if self.url.startswith("file://"):
+            return Path(urlparse(self.url).path)
+        return Path(self.url) if self.url.startswith("/") else None
+
+
+@dataclass(frozen=True)
+class UrlSource:
+    url: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class DebianSource:
+    package: str
+
+
+Source = Union[GitSource, UrlSource, DebianSource]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    path: Path
+    name: str
+    base: Base
+    install: tuple[str, ...]
+    build_deps: tuple[str, ...]
+    source: Source
+    env: tuple[tuple[str, str], ...]
+    script: str
+    static: bool
+    verify_run: tuple[str, ...]
+
+
+class list_of_tables(list):
+    """Marker type for check_keys: an array of tables, [[name]]."""
+
+
+class _Doc:
+    """One TOML file being checked: finds the line of a key so that every error can name it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.text = path.read_text()
+        except FileNotFoundError:
+            raise InputError("no such file", where=str(path)) from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise InputError(f"cannot read it: {err}", where=str(path)) from None
+        try:
+            self.data = tomlkit.parse(self.text).unwrap()
+        except tomlkit.exceptions.ParseError as err:
+            message = re.sub(r" at line \d+ col \d+$", "", str(err))
+            raise InputError(f"not valid TOML: {message}", where=f"{path}:{err.line}",
+                             hint="fix the syntax at that line") from None
+
+    def line_of(self, table: tuple[str, ...], key: str | None = None, index: int = 0) -> int:
+        """The line where `key` of `table` (the index-th, for arrays of tables) is written; 1 if unknown."""
+        current: tuple[str, ...] = ()
+        seen = -1
+        header_line = 1
+        for number, line in enumerate(self.text.splitlines(), start=1):
+            header = re.match(r"\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$", line)
+            if header:
+                current = tuple(part.strip().strip("\"'") for part in header.group(1).split("."))
+                if current == table:
+                    seen += 1
+                    if seen == index:
+                        header_line = number
+                        if key is None:
+                            return number
+                continue
+            if key and current == table and (not table or seen == index):
+                if re.match(rf"\s*[\"']?{re.escape(key)}[\"']?\s*=", line):
+                    return number
+        if table and key:
+            # An inline table (`source = { git = ... }`): point at the line that opened it.
+            parent = self.line_of(table[:-1], table[-1]) if len(table) == 1 else header_line
+            return max(parent, header_line)
+        return header_line
+
+    def fail(self, table: tuple[str, ...], key: str | None, message: str, hint: str | None = None,
+             index: int = 0) -> NoReturn:
+        raise InputError(message, where=f"{self.path}:{self.line_of(table, key, index)}", hint=hint)
+
+    def check_keys(self, data: dict[str, Any], table: tuple[str, ...], allowed: dict[str, type],
+                   index: int = 0) -> None:
+        """Reject unknown keys (suggesting the closest) and values of the wrong type."""
+        where = f"[{'.'.join(table)}]" if table else "the top level"
+        for key, value in data.items():
+            if key not in allowed:
+                close = difflib.get_close_matches(key, list(allowed), n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(allowed)}"
+                self.fail(table, key, f"unknown key '{key}' in {where}", hint, index)
+            expected = allowed[key]
+            if expected is list_of_tables:
+                if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+                    self.fail(table, key, f"'{key}' must be an array of tables", f"write [[{key}]]", index)
+            elif expected is list:
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    self.fail(table, key, f"'{key}' must be a list of strings", f'write {key} = ["..."]',
+                              index)
+            elif expected is dict:
+                if not isinstance(value, dict):
+                    self.fail(table, key, f"'{key}' must be a table", f"write it as [{key}]", index)
+            elif not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+                self.fail(table, key, f"'{key}' must be a {_type_name(expected)}, not "
+                          f"{_type_name(type(value))}", None, index)
+
+
+def _type_name(kind: type) -> str:
+    return {str: "string", bool: "boolean (true or false)", int: "number", float: "number",
+            list: "list", dict: "table"}.get(kind, kind.__name__)
+
+
+def _check_sha256(doc: _Doc, table: tuple[str, ...], value: str, index: int = 0) -> str:
+    if not SHA256_RE.fullmatch(value):
+        doc.fail(table, "sha256", f"sha256 '{value}' is not 64 lowercase hex digits",
+                 "write the full digest that `sha256sum FILE` prints", index)
+    return value
+
+
+def _check_packages(doc: _Doc, table: tuple[str, ...], key: str, names: list[str],
+                    index: int = 0) -> tuple[str, ...]:
+    for name in names:
+        if not PACKAGE_RE.fullmatch(name):
+            doc.fail(table, key, f"'{name}' is not a Debian package name",
+                     "use lowercase letters, digits and + . -", index)
+    return tuple(names)
+
+
+def load_base(name: str, recipes_dir: Path, *, where: str) -> Base:
+    """Read recipes/base/NAME.toml."""
+    if not NAME_RE.fullmatch(name):
+        raise InputError(f"base '{name}' is not a valid name", where=where,
+                         hint="use letters, digits and . _ + -")
+    path = recipes_dir / "base" / f"{name}.toml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (recipes_dir / "base").glob("*.toml"))
+        raise InputError(f"base '{name}' does not exist (no {path})", where=where,
+                         hint=f"known bases: {', '.join(known)}" if known else "create that file")
+    doc = _Doc(path)
+    doc.check_keys(doc.data, (), {"set": list_of_tables})
+    sets = doc.data.get("set")
+    if not sets:
+        doc.fail((), None, "a base needs at least one [[set]]",
+                 'add [[set]] with url and sha256, or with suite and mirror')
+    parsed: list[Set] = []
+    for index, entry in enumerate(sets):
+        table = ("set",)
+        if "url" in entry and "suite" in entry:
+            doc.fail(table, "suite", "a set has either url (a tarball) or suite (a bootstrap), not both",
+                     "split it into two [[set]] tables", index)
+        if "url" in entry:
+            doc.check_keys(entry, table, {"url": str, "sha256": str}, index)
+            if "sha256" not in entry:
+                doc.fail(table, "url", "a tarball set needs a sha256", "add sha256 = \"...\"", index)
+            url = entry["url"]
+            if not urlparse(url).scheme in ("http", "https"):
+                local = Path(url.removeprefix("file://"))
+                url = str(local if local.is_absolute() else (path.parent / local).resolve())
+            parsed.append(TarballSet(url, _check_sha256(doc, table, entry["sha256"], index)))
+        elif "suite" in entry:
+            doc.check_keys(entry, table, {"suite": str, "mirror": str, "variant": str, "packages": list},
+                           index)
+            if "mirror" not in entry:
+                doc.fail(table, "suite", "a bootstrap set needs a mirror",
+                         'add mirror = "http://deb.debian.org/debian"', index)
+            variant = entry.get("variant", "minbase")
+            if variant not in ("extract", "custom", "essential", "apt", "required", "minbase",
+                               "buildd", "important", "debootstrap", "standard"):
+                doc.fail(table, "variant", f"'{variant}' is not an mmdebstrap variant",
+                         "use minbase, buildd, required or important", index)
+            parsed.append(BootstrapSet(entry["suite"], entry["mirror"].rstrip("/"), variant,
+                                       _check_packages(doc, table, "packages",
+                                                       entry.get("packages", []), index)))
+        else:
+            doc.fail(table, None, "a set needs url and sha256 (a tarball) or suite and mirror (a bootstrap)",
+                     None, index)
+    return Base(name, path, tuple(parsed))
+
+
+def load_recipe(path: Path) -> Recipe:
+    """Read and check one recipe file."""
+    doc = _Doc(path)
+    data = doc.data
+    doc.check_keys(data, (), {"name": str, "base": str, "packages": dict, "source": dict,
+                              "build": dict, "verify": dict})
+    name = data.get("name", path.stem)
+    if not NAME_RE.fullmatch(name):
+        doc.fail((), "name" if "name" in data else None,
+                 f"recipe name '{name}' is not allowed: it names the directory out/{name}",
+                 "use letters, digits and . _ + - (no slashes, not starting with a dot)")
+    base = load_base(data.get("base", DEFAULT_BASE), path.parent,
+                     where=f"{path}:{doc.line_of((), 'base')}")
+
+    packages = data.get("packages", {})
+    doc.check_keys(packages, ("packages",), {"install": list, "build-deps": list})
+    install = _check_packages(doc, ("packages",), "install", packages.get("install", []))
+    build_deps = _check_packages(doc, ("packages",), "build-deps", packages.get("build-deps", []))
+
+    source = _parse_source(doc, data.get("source"))
+
+    build = data.get("build")
+    if build is None:
+        doc.fail((), None, "[build] is missing", "add [build] with script = '''...'''")
+    doc.check_keys(build, ("build",), {"script": str, "env": dict})
+    script = build.get("script", "")
+    if not script.strip():
+        doc.fail(("build",), "script" if "script" in build else None, "the build script is empty",
+                 "write the commands that build into $OUT in script = '''...'''")
+    env = build.get("env", {})
+    for key, value in env.items():
+        if not ENV_NAME_RE.fullmatch(key):
+            doc.fail(("build",), "env", f"'{key}' is not an environment variable name",
+                     "use letters, digits and _")
+        if key in RESERVED_ENV:
+            doc.fail(("build",), "env", f"{key} is set by buildbox and cannot be changed",
+                     f"remove {key} from [build] env")
+        if not isinstance(value, str):
+            doc.fail(("build",), "env", f"env value of {key} must be a string", f'write {key} = "..."')
+
+    verify = data.get("verify", {})
+    doc.check_keys(verify, ("verify",), {"static": bool, "run": list})
+    return Recipe(path=path, name=name, base=base, install=install, build_deps=build_deps,
+                  source=source, env=tuple(sorted(env.items())), script=script,
+                  static=verify.get("static", False), verify_run=tuple(verify.get("run", [])))
+
+
+def _parse_source(doc: _Doc, source: dict[str, Any] | None) -> Source:
+    table = ("source",)
+    if source is None:
+        doc.fail((), None, "[source] is missing", 'add [source] with git = "URL", url = "URL" or debian = "PACKAGE"')
+    doc.check_keys(source, table, {"git": str, "ref": str, "url": str, "sha256": str, "debian": str})
+    kinds = [k for k in ("git", "url", "debian") if k in source]
+    if not kinds:
+        doc.fail(table, None, "[source] names no source", "add exactly one of git, url or debian")
+    if len(kinds) > 1:
+        doc.fail(table, kinds[1], f"[source] names both '{kinds[0]}' and '{kinds[1]}'",
+                 "keep exactly one of git, url or debian")
+    kind = kinds[0]
+    for key, owner in (("ref", "git"), ("sha256", "url")):
+        if key in source and kind != owner:
+            doc.fail(table, key, f"'{key}' goes with a {owner} source, not a {kind} source", f"remove {key}")
+    if kind == "git":
+        url = source["git"]
+        if not (re.match(r"(https?|git|ssh|file)://", url) or url.startswith("/") or re.match(r"[\w.-]+@[\w.-]+:", url)):
+            local = (doc.path.parent / url).resolve()
+            if not local.exists():
+                doc.fail(table, "git", f"git source '{url}' is neither a URL nor an existing path",
+                         "write an https:// URL or an absolute path to a local repository")
+            url = str(local)
+        ref = source.get("ref", "HEAD")
+        if not ref or ref.startswith("-") or any(c.isspace() for c in ref):
+            doc.fail(table, "ref", f"'{ref}' is not a git ref", "name a branch, a tag or a commit")
+        return GitSource(url, ref)
+    if kind == "url":
+        if "sha256" not in source:
+            doc.fail(table, "url", "a url source needs a sha256", 'add sha256 = "..." (sha256sum of the tarball)')
+        return UrlSource(source["url"], _check_sha256(doc, table, source["sha256"]))
+    package = source["debian"]
+    if not PACKAGE_RE.fullmatch(package):
+        doc.fail(table, "debian", f"'{package}' is not a Debian source package name",
+                 "use lowercase letters, digits and + . -")
+    return DebianSource(package)
+
+
+def find_recipes(recipes_dir: Path) -> list[Path]:
+    """The recipe files of a directory (its base/ folder holds bases, not recipes)."""
+    return sorted(recipes_dir.glob("*.toml"))

@@ -1,0 +1,171 @@
+"""Sets: tarballs fetched and checked against their sha256, Debian bootstraps made by mmdebstrap,
+and the one safe way to unpack any tarball into a root."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import shutil
+import sys
+import tarfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+from buildbox import log
+from buildbox.errors import BuildFailed, InputError
+from buildbox.process import run
+from buildbox.recipe import BootstrapSet
+
+# Fixed so that the same bootstrap inputs give the same tarball, byte for byte.
+BOOTSTRAP_EPOCH = 1700000000
+CHUNK = 1 << 16
+
+
+def fetch_verified(url: str, sha256: str, dest: Path) -> None:
+    """Put the file at url (http(s), file:// or a local path) at dest, only if its sha256 matches."""
+    part = dest.with_name(dest.name + ".part")
+    digest = hashlib.sha256()
+    scheme = urlparse(url).scheme
+    try:
+        with open(part, "wb") as out:
+            if scheme in ("http", "https"):
+                _download(url, out, digest)
+            else:
+                _copy_local(Path(url.removeprefix("file://")), out, digest)
+        got = digest.hexdigest()
+        if got != sha256:
+            raise BuildFailed(f"sha256 mismatch for {url}: expected {sha256}, got {got}",
+                              hint="check the URL, then put the right digest in the recipe or base")
+        os.replace(part, dest)
+    finally:
+        part.unlink(missing_ok=True)
+
+
+def _copy_local(path: Path, out, digest) -> None:
+    try:
+        src = open(path, "rb")
+    except OSError as err:
+        raise InputError(f"cannot read {path}: {err.strerror}", hint="fix the path") from None
+    with src:
+        while chunk := src.read(1 << 20):
+            digest.update(chunk)
+            out.write(chunk)
+
+
+def _download(url: str, out, digest) -> None:
+    import requests  # only a cold run downloads: keep the import off the cached path
+    from requests.adapters import HTTPAdapter
+    from urllib3.util import Retry
+
+    session = requests.Session()
+    retry = Retry(total=5, backoff_factor=0.5, status_forcelist=(429, 500, 502, 503, 504),
+                  allowed_methods=("GET",))
+    session.mount("http://", HTTPAdapter(max_retries=retry))
+    session.mount("https://", HTTPAdapter(max_retries=retry))
+    try:
+        # identity: requests would otherwise undo a gzip transfer encoding and change what we hash.
+        with session.get(url, stream=True, timeout=(10, 60),
+                         headers={"Accept-Encoding": "identity"}) as response:
+            response.raise_for_status()
+            total = int(response.headers.get("Content-Length") or 0)
+            done = 0
+            show = sys.stderr.isatty() and not log.quiet
+            for chunk in response.iter_content(CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
+                done += len(chunk)
+                if show and total:
+                    print(f"\r    {url}: {done * 100 // total}% of {total >> 20} MiB",
+                          end="", file=sys.stderr, flush=True)
+            if show and total:
+                print(file=sys.stderr)
+    except requests.RequestException as err:
+        raise BuildFailed(f"could not download {url}: {err}",
+                          hint="check the URL and the network, then run again") from None
+
+
+def make_bootstrap(spec: BootstrapSet, dest: Path, logfile: Path) -> None:
+    """Bootstrap Debian with mmdebstrap into the tarball dest (reproducible: fixed SOURCE_DATE_EPOCH)."""
+    if not shutil.which("mmdebstrap"):
+        raise InputError("mmdebstrap is not installed", hint="apt-get install mmdebstrap")
+    part = dest.with_name(dest.name + ".part.tar")
+    argv = ["mmdebstrap", "--mode=root", f"--variant={spec.variant}", "--format=tar",
+            # buildbox makes its own minimal /dev in the base; a set holds no device nodes.
+            "--skip=output/dev"]
+    if spec.packages:
+        argv.append(f"--include={','.join(spec.packages)}")
+    # deb-src too: recipes install the Build-Depends of, and fetch, Debian source packages.
+    argv += [spec.suite, str(part), f"deb {spec.mirror} {spec.suite} main",
+             f"deb-src {spec.mirror} {spec.suite} main"]
+    env = dict(os.environ, SOURCE_DATE_EPOCH=str(BOOTSTRAP_EPOCH))
+    try:
+        run(argv, what=f"mmdebstrap of {spec.suite} from {spec.mirror}", env=env, log=logfile)
+        os.replace(part, dest)
+    finally:
+        part.unlink(missing_ok=True)
+
+
+def extract(tar_path: Path, root: Path, *, what: str, owner: tuple[int, int] | None = None,
+            strip_top: bool = False) -> None:
+    """Unpack a tarball into root; refuse any member that would land (or point) outside it.
+
+    Modes are kept as written (setuid bits, the sticky /tmp): a root filesystem needs them.
+    Device nodes are refused: buildbox makes the few a box gets itself.
+    """
+    try:
+        tar = tarfile.open(tar_path)
+    except (tarfile.TarError, OSError) as err:
+        raise InputError(f"{what}: not a readable tarball: {err}", hint="check the URL and the sha256")
+    with tar:
+        top = _single_top(tar) if strip_top else None
+
+        def check(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+            name = member.name
+            if top:
+                inner = _relative(name).rstrip("/")
+                if inner == top:
+                    return None
+                member = member.replace(name=inner[len(top) + 1:], deep=False)
+            if name.startswith("/") or ".." in name.split("/"):
+                raise InputError(f"{what}: member '{name}' has an absolute or '..' path",
+                                 hint="rebuild the tarball with paths relative to its root")
+            if member.isdev() or member.isfifo():
+                raise InputError(f"{what}: member '{name}' is a device node or fifo",
+                                 hint="leave /dev out of the set; buildbox makes the nodes a box needs")
+            if member.issym() and not member.linkname.startswith("/"):
+                target = posixpath.normpath(posixpath.join(posixpath.dirname(member.name), member.linkname))
+                if target == ".." or target.startswith("../"):
+                    raise InputError(f"{what}: symlink '{name}' points out of the root ({member.linkname})",
+                                     hint="make the link point inside the set")
+            try:
+                safe = tarfile.tar_filter(member, dest)
+            except tarfile.FilterError as err:
+                raise InputError(f"{what}: member '{name}' is refused: {err}",
+                                 hint="rebuild the tarball with paths relative to its root") from None
+            safe = safe.replace(mode=member.mode, deep=False)
+            if owner:
+                safe = safe.replace(uid=owner[0], gid=owner[1], uname="", gname="", deep=False)
+            return safe
+
+        try:
+            tar.extractall(root, numeric_owner=True, filter=check)
+        except (tarfile.TarError, EOFError) as err:
+            raise InputError(f"{what}: the tarball is damaged: {err}", hint="fetch it again") from None
+
+
+def _single_top(tar: tarfile.TarFile) -> str | None:
+    """The one top-level directory every member is under (as in NAME-1.0/...), if there is one."""
+    names = [_relative(m.name) for m in tar.getmembers()]
+    tops = {name.split("/", 1)[0] for name in names if name not in ("", ".")}
+    if len(tops) != 1:
+        return None
+    top = tops.pop()
+    alone = [m for m in tar.getmembers() if _relative(m.name).rstrip("/") == top]
+    return top if all(m.isdir() for m in alone) and len(alone) < len(names) else None
+
+
+def _relative(name: str) -> str:
+    while name.startswith("./"):
+        name = name[2:]
+    return name

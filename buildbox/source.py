@@ -1,0 +1,120 @@
+"""Sources: a git commit, a tarball checked by sha256, or a Debian source package, each unpacked
+into a layer that holds /build/src, owned by the build user."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from buildbox.base import BUILD_DIR, BUILDER
+from buildbox.box import Box
+from buildbox.errors import BuildFailed, InputError
+from buildbox.packages import fetch_access
+from buildbox.recipe import DebianSource, GitSource, Source, UrlSource
+from buildbox.sets import extract, fetch_verified
+from buildbox.store import Store, file_sha256, remove_tree, write_meta
+
+SRC = f"{BUILD_DIR}/src"
+UPSTREAM = "/buildbox/upstream"   # where a local repository is bound, read-only
+COMMIT_RE = re.compile(r"[0-9a-f]{40}")
+
+
+def _git_url(box: Box, source: GitSource) -> str:
+    local = source.local_path
+    if local is None:
+        return source.url
+    if not local.exists():
+        raise InputError(f"git source {local} does not exist", hint="fix [source] git in the recipe")
+    box.bind(local, UPSTREAM)
+    return f"file://{UPSTREAM}"
+
+
+def _git(box: Box, args: list[str], *, what: str, log: Path | None = None, capture: bool = False) -> str:
+    # safe.directory: the bound repository belongs to a host user, not to the build user.
+    return box.run(["git", "-c", "safe.directory=*", *args], what=what, user=BUILDER.spec,
+                   env=BUILDER.login_env(), cwd=BUILDER.home, log=log, capture=capture)
+
+
+def resolve_git(store: Store, layers: list[Path], source: GitSource) -> str:
+    """The commit a branch, tag or commit names, asked of the repository from inside a box."""
+    if COMMIT_RE.fullmatch(source.ref):
+        return source.ref
+    with Box(store, layers, label="resolve") as box:
+        fetch_access(box, store)
+        url = _git_url(box, source)
+        try:
+            listing = _git(box, ["ls-remote", url, source.ref, f"{source.ref}^{{}}"],
+                           what=f"git ls-remote {source.url}", capture=True)
+        except BuildFailed as err:
+            raise InputError(f"cannot read the git repository {source.url}: {err.tail.strip().splitlines()[-1:]}",
+                             hint="check [source] git in the recipe and the network") from None
+    refs: dict[str, str] = {}
+    for line in listing.splitlines():
+        commit, _, name = line.partition("\t")
+        refs[name] = commit
+    for name in (f"{source.ref}^{{}}", source.ref, f"refs/tags/{source.ref}^{{}}",
+                 f"refs/tags/{source.ref}", f"refs/heads/{source.ref}"):
+        if name in refs:
+            return refs[name]
+    raise InputError(f"git ref '{source.ref}' does not exist in {source.url}",
+                     hint="name an existing branch, tag or full commit in [source] ref")
+
+
+def make_source(store: Store, layers: list[Path], source: Source, commit: str | None,
+                entry: Path, logfile: Path) -> None:
+    """Fill entry/ with a layer holding the source tree at /build/src."""
+    if isinstance(source, UrlSource):
+        _from_tarball(store, source, entry)
+    else:
+        _in_box(store, layers, source, commit, entry, logfile)
+
+
+def _from_tarball(store: Store, source: UrlSource, entry: Path) -> None:
+    tarball = ensure_download(store, source.url, source.sha256)
+    src = entry / SRC.lstrip("/")
+    src.mkdir(parents=True)
+    extract(tarball, src, what=source.url, owner=(BUILDER.uid, BUILDER.gid), strip_top=True)
+    for path in (entry / BUILD_DIR.lstrip("/"), src):
+        os.chown(path, BUILDER.uid, BUILDER.gid)
+    write_meta(entry, {"url": source.url, "sha256": source.sha256})
+
+
+def ensure_download(store: Store, url: str, sha256: str) -> Path:
+    """A verified download in the cache, kept by its sha256 and shared by sets and sources."""
+    def fetch(tmp: Path) -> None:
+        fetch_verified(url, sha256, tmp / "file")
+    return store.ensure("downloads", sha256, fetch) / "file"
+
+
+def _in_box(store: Store, layers: list[Path], source: GitSource | DebianSource, commit: str | None,
+            entry: Path, logfile: Path) -> None:
+    """Fetch inside a box as the build user; keep only what landed in /build/src."""
+    upper = entry / ".upper"
+    with Box(store, layers, label="source", upper=upper) as box:
+        fetch_access(box, store)
+        if isinstance(source, GitSource):
+            url = _git_url(box, source)
+            _git(box, ["clone", "--no-checkout", "--quiet", url, SRC], what=f"git clone {source.url}", log=logfile)
+            _git(box, ["-C", SRC, "checkout", "--quiet", "--detach", commit], what=f"git checkout {commit}",
+                 log=logfile)
+            meta = {"git": source.url, "ref": source.ref, "commit": commit}
+        else:
+            # apt-get source checks the files against the signed Sources index of the layer's lists.
+            box.run(["apt-get", "source", "-q", "--download-only", source.package],
+                    what=f"apt-get source {source.package}", user=BUILDER.spec, env=BUILDER.login_env(),
+                    cwd=BUILD_DIR, log=logfile)
+            dscs = sorted(box.path(BUILD_DIR).glob("*.dsc"))
+            if len(dscs) != 1:
+                raise BuildFailed(f"apt-get source {source.package} left {len(dscs)} .dsc files in {BUILD_DIR}")
+            box.run(["dpkg-source", "-x", f"{BUILD_DIR}/{dscs[0].name}", SRC], what="dpkg-source -x",
+                    user=BUILDER.spec, env=BUILDER.login_env(), cwd=BUILD_DIR, log=logfile)
+            meta = {"debian": source.package, "dsc": dscs[0].name, "dsc_sha256": file_sha256(dscs[0])}
+    # The upper layer holds /build/src as the build user wrote it; keep that and nothing else
+    # (not the downloaded files, not what git or apt left in the home directory).
+    build = entry / BUILD_DIR.lstrip("/")
+    build.mkdir()
+    os.chown(build, BUILDER.uid, BUILDER.gid)
+    (upper / SRC.lstrip("/")).rename(entry / SRC.lstrip("/"))
+    remove_tree(upper)
+    write_meta(entry, meta)

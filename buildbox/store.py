@@ -1,0 +1,97 @@
+"""The cache: content keys, entries that appear whole or not at all, and the locks that let many
+buildbox processes share one cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+# Bump when what a stage puts in its entry changes, so that old entries are not taken for new ones.
+FORMAT = 1
+
+
+def content_key(kind: str, inputs: dict[str, Any]) -> str:
+    """The key of a stage: the sha256 of the canonical JSON of its inputs."""
+    blob = json.dumps({"format": FORMAT, "kind": kind, "inputs": inputs}, sort_keys=True,
+                      separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Store:
+    """A cache directory: KIND/KEY/ entries, plus the shared .deb cache, logs, boxes and locks."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.absolute()
+
+    def entry(self, kind: str, key: str) -> Path:
+        return self.root / kind / key
+
+    def has(self, kind: str, key: str) -> bool:
+        return self.entry(kind, key).is_dir()
+
+    def lock(self, name: str) -> FileLock:
+        """A lock held across processes; the kernel drops it when its holder dies, even by SIGKILL."""
+        locks = self.root / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(locks / f"{name}.lock"))
+
+    def ensure(self, kind: str, key: str, make: Callable[[Path], None]) -> Path:
+        """Return entry KIND/KEY, making it first with make(tmpdir) if it isn't there.
+
+        make() fills a fresh directory beside the entry; only when it returns is that directory
+        renamed into place, so a reader (or a run after a crash) never sees half an entry. Two
+        processes wanting the same entry: one makes it, the other waits and then reuses it.
+        """
+        final = self.entry(kind, key)
+        if final.is_dir():
+            return final
+        with self.lock(f"{kind}-{key}"):
+            if final.is_dir():
+                return final
+            tmp = final.parent / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
+            tmp.mkdir(parents=True)
+            try:
+                make(tmp)
+                os.rename(tmp, final)
+            except BaseException:
+                remove_tree(tmp)
+                raise
+        return final
+
+    def dir(self, name: str) -> Path:
+        """A working directory of the cache (debs, logs, boxes), made on first use."""
+        path = self.root / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def read_meta(entry: Path) -> dict[str, Any]:
+    return json.loads((entry / "meta.json").read_text())
+
+
+def write_meta(entry: Path, meta: dict[str, Any]) -> None:
+    (entry / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a tree that may hold read-only dirs and overlay whiteouts (root ignores modes)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)

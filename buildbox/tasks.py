@@ -1,0 +1,296 @@
+"""The doit task graph that ties the stages together, for the buildbox command and for dodo.py.
+
+Stages: set -> base -> layer -> source -> build -> out. Each task is up to date exactly when the
+cache holds the entry for its content key; doit brings the graph, the order and the parallel runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from doit.cmd_base import ModuleTaskLoader
+from doit.doit_cmd import DoitMain
+from doit.exceptions import TaskFailed
+from doit.reporter import ConsoleReporter
+
+from buildbox import log
+from buildbox.base import BUILDER, make_base
+from buildbox.errors import BuildboxError, Interrupted
+from buildbox.recipe import Base, BootstrapSet, DebianSource, GitSource, Recipe, Set, TarballSet, UrlSource
+from buildbox.store import Store, content_key, read_meta, write_meta
+
+
+class Planner:
+    """Content keys and stage actions for a set of recipes, sharing one cache.
+
+    Keys are computed lazily and remembered: a git source's key needs its ref resolved, which
+    needs the package layer, so it can only be known once the stages before it are done.
+    """
+
+    def __init__(self, store: Store, recipes: list[Recipe], out_root: Path, *, keep: bool = False,
+                 stream: bool = True) -> None:
+        self.store = store
+        self.recipes = recipes
+        self.out_root = out_root.absolute()
+        self.keep = keep
+        self.stream = stream
+        self.failures: list[tuple[str, BuildboxError]] = []
+        self.executed: list[str] = []
+        self._memo: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
+
+    # -- keys -------------------------------------------------------------------------------
+    def _remember(self, kind: str, name: str, compute: Callable[[], str]) -> str:
+        with self._lock:
+            if (kind, name) in self._memo:
+                return self._memo[(kind, name)]
+        value = compute()
+        with self._lock:
+            self._memo[(kind, name)] = value
+        return value
+
+    def set_key(self, spec: Set) -> str:
+        if isinstance(spec, TarballSet):
+            return spec.sha256
+        from buildbox.sets import BOOTSTRAP_EPOCH
+        return content_key("bootstrap", {**dataclasses.asdict(spec), "epoch": BOOTSTRAP_EPOCH})
+
+    def base_key(self, base: Base) -> str:
+        return content_key("base", {"sets": [self.set_key(s) for s in base.sets],
+                                    "user": dataclasses.asdict(BUILDER)})
+
+    def layer_key(self, recipe: Recipe) -> str:
+        return content_key("layer", {"base": self.base_key(recipe.base), "install": sorted(recipe.install),
+                                     "build-deps": sorted(recipe.build_deps)})
+
+    def commit(self, recipe: Recipe) -> str | None:
+        """The commit a git source's ref names now (None for other sources)."""
+        source = recipe.source
+        if not isinstance(source, GitSource):
+            return None
+        from buildbox.source import resolve_git
+        return self._remember("commit", recipe.name,
+                              lambda: resolve_git(self.store, self.lower_layers(recipe), source))
+
+    def source_key(self, recipe: Recipe) -> str:
+        source = recipe.source
+        if isinstance(source, UrlSource):
+            inputs: dict[str, Any] = {"url-sha256": source.sha256}
+        elif isinstance(source, DebianSource):
+            # The version is the one the layer's package lists name, so the layer pins it.
+            inputs = {"layer": self.layer_key(recipe), "debian": source.package}
+        else:
+            inputs = {"git": source.url, "commit": self.commit(recipe)}
+        return content_key("source", inputs)
+
+    def build_key(self, recipe: Recipe) -> str:
+        return self._remember("build", recipe.name, lambda: content_key("build", {
+            "layer": self.layer_key(recipe), "source": self.source_key(recipe), "script": recipe.script,
+            "env": [list(kv) for kv in recipe.env], "static": recipe.static,
+            "verify": list(recipe.verify_run)}))
+
+    # -- paths ------------------------------------------------------------------------------
+    def set_kind(self, spec: Set) -> str:
+        return "downloads" if isinstance(spec, TarballSet) else "bootstraps"
+
+    def lower_layers(self, recipe: Recipe) -> list[Path]:
+        """The read-only layers of a box for this recipe, top first: packages over the base."""
+        return [self.store.entry("layers", self.layer_key(recipe)) / "root",
+                self.store.entry("bases", self.base_key(recipe.base)) / "root"]
+
+    def out_dir(self, recipe: Recipe) -> Path:
+        return self.out_root / recipe.name
+
+    def logfile(self, recipe_or_stage: str, stage: str) -> Path:
+        path = self.store.dir("logs") / recipe_or_stage / f"{stage}.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+        return path
+
+    # -- stages -----------------------------------------------------------------------------
+    def make_set(self, spec: Set) -> None:
+        if isinstance(spec, TarballSet):
+            from buildbox.source import ensure_download
+            ensure_download(self.store, spec.url, spec.sha256)
+            return
+        from buildbox.sets import make_bootstrap
+        from buildbox.store import file_sha256
+        key = self.set_key(spec)
+
+        def bootstrap(tmp: Path) -> None:
+            with log.step(f"Bootstrapping Debian {spec.suite} ({spec.variant}) with mmdebstrap"):
+                make_bootstrap(spec, tmp / "file", self.logfile("bootstrap", key[:12]))
+            write_meta(tmp, {"sha256": file_sha256(tmp / "file"), **dataclasses.asdict(spec)})
+        self.store.ensure("bootstraps", key, bootstrap)
+
+    def set_tarball(self, spec: Set) -> Path:
+        return self.store.entry(self.set_kind(spec), self.set_key(spec)) / "file"
+
+    def set_digest(self, spec: Set) -> str:
+        if isinstance(spec, TarballSet):
+            return spec.sha256
+        return read_meta(self.store.entry("bootstraps", self.set_key(spec)))["sha256"]
+
+    def make_base(self, base: Base) -> None:
+        def make(tmp: Path) -> None:
+            with log.step(f"Making the base {base.name} from {len(base.sets)} set(s)"):
+                make_base(tmp / "root", [(f"set {i + 1} of {base.path}", self.set_tarball(s))
+                                         for i, s in enumerate(base.sets)])
+            write_meta(tmp, {"base": base.name, "sets": [self.set_digest(s) for s in base.sets]})
+        self.store.ensure("bases", self.base_key(base), make)
+
+    def make_layer(self, recipe: Recipe) -> None:
+        from buildbox.packages import make_layer
+        key = self.layer_key(recipe)
+
+        def make(tmp: Path) -> None:
+            what = ", ".join(recipe.install + tuple(f"build-deps of {p}" for p in recipe.build_deps)) or "nothing"
+            with log.step(f"Installing packages into a layer ({what})"):
+                make_layer(self.store, [self.lower_layers(recipe)[1]], recipe.install, recipe.build_deps,
+                           tmp, self.logfile(recipe.name, "packages"))
+        self.store.ensure("layers", key, make)
+
+    def make_source(self, recipe: Recipe) -> None:
+        from buildbox.source import make_source
+
+        def make(tmp: Path) -> None:
+            with log.step(f"Fetching the source of {recipe.name}"):
+                make_source(self.store, self.lower_layers(recipe), recipe.source, self.commit(recipe), tmp,
+                            self.logfile(recipe.name, "source"))
+        self.store.ensure("sources", self.source_key(recipe), make)
+
+    def make_build(self, recipe: Recipe) -> None:
+        from buildbox.build import make_build
+        key = self.build_key(recipe)
+        layers = [self.store.entry("sources", self.source_key(recipe)), *self.lower_layers(recipe)]
+
+        def make(tmp: Path) -> None:
+            with log.step(f"Building {recipe.name}"):
+                make_build(self.store, recipe, layers, tmp, self.inputs(recipe, key),
+                           self.logfile(recipe.name, "build"), stream=self.stream, keep=self.keep)
+        self.store.ensure("builds", key, make)
+
+    def inputs(self, recipe: Recipe, key: str) -> dict[str, Any]:
+        """What the manifest records as the build's inputs."""
+        layer = read_meta(self.store.entry("layers", self.layer_key(recipe)))
+        source = read_meta(self.store.entry("sources", self.source_key(recipe)))
+        return {"key": key, "base": recipe.base.name, "sets": [self.set_digest(s) for s in recipe.base.sets],
+                "packages": layer["packages"], "source": source}
+
+    def install_out(self, recipe: Recipe) -> None:
+        from buildbox.build import install_out
+        install_out(self.store.entry("builds", self.build_key(recipe)), self.out_dir(recipe))
+
+    def out_current(self, recipe: Recipe) -> bool:
+        from buildbox.build import out_is_current
+        return out_is_current(self.out_dir(recipe), self.build_key(recipe))
+
+    # -- doit -------------------------------------------------------------------------------
+    def _action(self, name: str, work: Callable[[], None]) -> Callable[[], Any]:
+        def action() -> Any:
+            try:
+                work()
+            except BuildboxError as err:
+                self.failures.append((name, err))
+                return TaskFailed(str(err), report=False)
+            self.executed.append(name)
+            return True
+        return action
+
+    def _cached(self, check: Callable[[], bool]) -> Callable[[], bool]:
+        """An uptodate check; a key that can't be computed yet means "run", and the action will say why."""
+        def uptodate() -> bool:
+            try:
+                return check()
+            except BuildboxError:
+                return False
+        return uptodate
+
+    def namespace(self) -> dict[str, Any]:
+        """Task generators in doit's dodo form: task_set, task_base, ... and DOIT_CONFIG."""
+        bases = {r.base.path: r.base for r in self.recipes}
+        sets = {self.set_key(s): s for b in bases.values() for s in b.sets}
+        layers = {self.layer_key(r): r for r in self.recipes}
+
+        def task_set() -> Iterator[dict[str, Any]]:
+            for key, spec in sets.items():
+                yield {"name": key[:12], "actions": [self._action(f"set:{key[:12]}", lambda s=spec: self.make_set(s))],
+                       "uptodate": [lambda s=spec: self.store.has(self.set_kind(s), self.set_key(s))],
+                       "doc": f"set {getattr(spec, 'url', None) or getattr(spec, 'suite', '')}"}
+
+        def task_base() -> Iterator[dict[str, Any]]:
+            for base in bases.values():
+                yield {"name": base.name, "actions": [self._action(f"base:{base.name}", lambda b=base: self.make_base(b))],
+                       "task_dep": [f"set:{self.set_key(s)[:12]}" for s in base.sets],
+                       "uptodate": [lambda b=base: self.store.has("bases", self.base_key(b))],
+                       "doc": f"base root {base.name}"}
+
+        def task_layer() -> Iterator[dict[str, Any]]:
+            for key, recipe in layers.items():
+                yield {"name": key[:12], "actions": [self._action(f"layer:{key[:12]}", lambda r=recipe: self.make_layer(r))],
+                       "task_dep": [f"base:{recipe.base.name}"],
+                       "uptodate": [lambda k=key: self.store.has("layers", k)],
+                       "doc": f"packages for {recipe.name}"}
+
+        def per_recipe(stage: str, work: Callable[[Recipe], None], check: Callable[[Recipe], bool],
+                       dep: Callable[[Recipe], str]) -> Iterator[dict[str, Any]]:
+            for recipe in self.recipes:
+                yield {"name": recipe.name,
+                       "actions": [self._action(f"{stage}:{recipe.name}", lambda r=recipe: work(r))],
+                       "task_dep": [dep(recipe)],
+                       "uptodate": [self._cached(lambda r=recipe: check(r))],
+                       "doc": f"{stage} of {recipe.path}"}
+
+        def task_source() -> Iterator[dict[str, Any]]:
+            yield from per_recipe("source", self.make_source,
+                                  lambda r: self.store.has("sources", self.source_key(r)),
+                                  lambda r: f"layer:{self.layer_key(r)[:12]}")
+
+        def task_build() -> Iterator[dict[str, Any]]:
+            yield from per_recipe("build", self.make_build,
+                                  lambda r: self.store.has("builds", self.build_key(r)),
+                                  lambda r: f"source:{r.name}")
+
+        def task_out() -> Iterator[dict[str, Any]]:
+            yield from per_recipe("out", self.install_out, self.out_current, lambda r: f"build:{r.name}")
+
+        return {"task_set": task_set, "task_base": task_base, "task_layer": task_layer,
+                "task_source": task_source, "task_build": task_build, "task_out": task_out,
+                "DOIT_CONFIG": {"backend": "sqlite3", "dep_file": str(self.store.root / "doit.sqlite3"),
+                                "verbosity": 2, "reporter": Reporter, "continue": True,
+                                "default_tasks": [f"out:{r.name}" for r in self.recipes]}}
+
+    def run(self, jobs: int = 1) -> None:
+        """Bring every recipe's out/ up to date; raise the first failure when any stage failed."""
+        self.store.root.mkdir(parents=True, exist_ok=True)
+        argv = ["run", "--continue", "-n", str(jobs), "-P", "thread", *(f"out:{r.name}" for r in self.recipes)]
+        code = DoitMain(ModuleTaskLoader(self.namespace()), config_filenames=()).run(argv)
+        if self.failures:
+            interrupted = [err for _, err in self.failures if isinstance(err, Interrupted)]
+            raise interrupted[0] if interrupted else self.failures[0][1]
+        if code != 0:
+            raise BuildboxError(f"doit stopped with status {code}")
+
+
+class Reporter(ConsoleReporter):
+    """doit's report, in buildbox's words: which stages ran and which were up to date."""
+
+    def execute_task(self, task: Any) -> None:
+        log.say(f"==> {task.name}")
+
+    def skip_uptodate(self, task: Any) -> None:
+        if not log.quiet:
+            log.say(f"    up to date: {task.name}")
+
+    def add_failure(self, task: Any, fail: Any) -> None:
+        if getattr(fail, "report", True):
+            log.say(f"buildbox: {task.name}: {fail.get_msg().strip().splitlines()[-1]}")
+
+    def complete_run(self) -> None:
+        if self.runtime_errors:
+            for error in self.runtime_errors:
+                log.say(f"buildbox: {error}")
