@@ -72,8 +72,8 @@ def _pump(pipe: IO[bytes], log: Path | None, stream: bool) -> str:
             if logfile:
                 logfile.write(raw)
             if stream:
-                sys.stderr.buffer.write(raw)
-                sys.stderr.flush()
+                sys.__stderr__.buffer.write(raw)
+                sys.__stderr__.flush()
             tail.append(raw.decode(errors="replace"))
     finally:
         if logfile:

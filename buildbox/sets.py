@@ -133,6 +133,11 @@ def extract(tar_path: Path, root: Path, *, what: str, owner: tuple[int, int] | N
             if member.isdev() or member.isfifo():
                 raise InputError(f"{what}: member '{name}' is a device node or fifo",
                                  hint="leave /dev out of the set; buildbox makes the nodes a box needs")
+            if member.islnk():
+                target = posixpath.normpath(_relative(member.linkname))
+                if member.linkname.startswith("/") or target == ".." or target.startswith("../"):
+                    raise InputError(f"{what}: hard link '{name}' points out of the root ({member.linkname})",
+                                     hint="make the link point inside the set")
             if member.issym() and not member.linkname.startswith("/"):
                 target = posixpath.normpath(posixpath.join(posixpath.dirname(member.name), member.linkname))
                 if target == ".." or target.startswith("../"):

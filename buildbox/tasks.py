@@ -280,7 +280,7 @@ class Reporter(ConsoleReporter):
     """doit's report, in buildbox's words: which stages ran and which were up to date."""
 
     def execute_task(self, task: Any) -> None:
-        log.say(f"==> {task.name}")
+        log.say(f"--> {task.name}")
 
     def skip_uptodate(self, task: Any) -> None:
         if not log.quiet:

@@ -1,0 +1,3 @@
+from buildbox.cli import entry_point
+
+entry_point()

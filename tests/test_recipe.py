@@ -1,0 +1,140 @@
+"""Recipes and bases are checked at the edge: each mistake is one line naming file, line and fix."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from buildbox.errors import InputError
+from buildbox.recipe import BootstrapSet, DebianSource, GitSource, TarballSet, UrlSource, load_recipe
+
+REPO = Path(__file__).resolve().parent.parent
+GOOD = """\
+name = "hello"
+[packages]
+install = ["git", "golang-go"]
+[source]
+git = "https://example.org/hello.git"
+ref = "v1.0"
+[build]
+env = { CGO_ENABLED = "0" }
+script = '''
+go build -o "$OUT/hello" .
+'''
+[verify]
+static = true
+run = ["hello"]
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "hello") -> Path:
+    (tmp_path / "base").mkdir(exist_ok=True)
+    (tmp_path / "base" / "debian-bookworm.toml").write_text((REPO / "recipes/base/debian-bookworm.toml").read_text())
+    path = tmp_path / f"{name}.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_a_good_recipe_becomes_a_frozen_recipe(tmp_path: Path) -> None:
+    recipe = load_recipe(write(tmp_path, GOOD))
+    assert recipe.name == "hello"
+    assert recipe.install == ("git", "golang-go")
+    assert recipe.source == GitSource("https://example.org/hello.git", "v1.0")
+    assert recipe.env == (("CGO_ENABLED", "0"),)
+    assert recipe.static is True and recipe.verify_run == ("hello",)
+    assert recipe.base.sets == (BootstrapSet("bookworm", "http://deb.debian.org/debian", "minbase", ()),)
+
+
+def test_the_name_defaults_to_the_file_stem_and_other_sources_parse(tmp_path: Path) -> None:
+    recipe = load_recipe(write(tmp_path, '[source]\ndebian = "caddy"\n[build]\nscript = "true"\n', "mytool"))
+    assert recipe.name == "mytool" and recipe.source == DebianSource("caddy")
+    digest = "a" * 64
+    recipe = load_recipe(write(tmp_path, f'[source]\nurl = "http://x/y.tar.gz"\nsha256 = "{digest}"\n'
+                                         '[build]\nscript = "true"\n'))
+    assert recipe.source == UrlSource("http://x/y.tar.gz", digest)
+
+
+BAD = [
+    # (recipe text, line, words the message must hold)
+    ("[build\nscript = 'x'\n", 1, "not valid TOML"),
+    ('nmae = "x"\n[source]\ndebian = "caddy"\n[build]\nscript = "true"\n', 1, "did you mean 'name'"),
+    ('[source]\ndebian = "caddy"\n[build]\nscirpt = "true"\n', 4, "did you mean 'script'"),
+    ('[source]\ndebian = "caddy"\n[build]\nscript = 3\n', 4, "'script' must be a string"),
+    ('[packages]\ninstall = "git"\n[source]\ndebian = "caddy"\n[build]\nscript = "true"\n', 2,
+     "must be a list of strings"),
+    ('[build]\nscript = "true"\n', 1, "[source] is missing"),
+    ('[source]\n[build]\nscript = "true"\n', 1, "names no source"),
+    ('[source]\ngit = "https://x/y.git"\ndebian = "caddy"\n[build]\nscript = "true"\n', 3,
+     "names both 'git' and 'debian'"),
+    ('[source]\nurl = "http://x/y.tgz"\nsha256 = "abc"\n[build]\nscript = "true"\n', 3,
+     "not 64 lowercase hex digits"),
+    ('[source]\nurl = "http://x/y.tgz"\n[build]\nscript = "true"\n', 2, "needs a sha256"),
+    ('[source]\ndebian = "caddy"\nref = "main"\n[build]\nscript = "true"\n', 3, "'ref' goes with a git source"),
+    ('[source]\ndebian = "caddy"\n[build]\nscript = """\n\n"""\n', 4, "the build script is empty"),
+    ('[source]\ndebian = "caddy"\n', 1, "[build] is missing"),
+    ('base = "nope"\n[source]\ndebian = "caddy"\n[build]\nscript = "true"\n', 1, "base 'nope' does not exist"),
+    ('name = "../escape"\n[source]\ndebian = "caddy"\n[build]\nscript = "true"\n', 1, "out/../escape"),
+    ('[packages]\nbuild-deps = ["Not A Package"]\n[source]\ndebian = "caddy"\n[build]\nscript = "true"\n', 2,
+     "not a Debian package name"),
+    ('[source]\ndebian = "caddy"\n[build]\nscript = "true"\nenv = { OUT = "/tmp" }\n', 5,
+     "OUT is set by buildbox"),
+    ('[source]\ndebian = "caddy"\n[build]\nscript = "true"\n[verify]\nstatic = "yes"\n', 6,
+     "must be a boolean"),
+    ('[source]\ngit = "relative/missing"\n[build]\nscript = "true"\n', 2, "neither a URL nor an existing path"),
+]
+
+
+@pytest.mark.parametrize("text,line,words", BAD, ids=[b[2] for b in BAD])
+def test_bad_recipes_are_refused_naming_file_line_and_fix(tmp_path: Path, text: str, line: int,
+                                                          words: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(InputError) as caught:
+        load_recipe(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}:{line}: "), message
+    assert words in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("text,words", [
+    ("[[set]]\nurl = 'http://x/base.tgz'\n", "needs a sha256"),
+    ("[[set]]\nurl = 'http://x/base.tgz'\nsha256 = 'XYZ'\n", "not 64 lowercase hex digits"),
+    ("[[set]]\nsuite = 'bookworm'\n", "needs a mirror"),
+    ("[[set]]\nsuite = 'bookworm'\nmirror = 'http://m'\nvariant = 'tiny'\n", "not an mmdebstrap variant"),
+    ("[[set]]\nsuite = 'bookworm'\nurl = 'http://m'\n", "not both"),
+    ("set = 1\n", "must be an array of tables"),
+    ("", "at least one [[set]]"),
+])
+def test_bad_bases_are_refused_naming_their_file(tmp_path: Path, text: str, words: str) -> None:
+    path = write(tmp_path, 'base = "mine"\n[source]\ndebian = "caddy"\n[build]\nscript = "true"\n')
+    (tmp_path / "base" / "mine.toml").write_text(text)
+    with pytest.raises(InputError) as caught:
+        load_recipe(path)
+    assert str(caught.value).startswith(f"{tmp_path / 'base' / 'mine.toml'}:")
+    assert words in str(caught.value)
+
+
+def test_a_tarball_set_with_a_relative_path_is_read_from_beside_the_base(tmp_path: Path) -> None:
+    path = write(tmp_path, 'base = "mine"\n[source]\ndebian = "caddy"\n[build]\nscript = "true"\n')
+    (tmp_path / "base" / "mine.toml").write_text(f"[[set]]\nurl = 'sets/base.tgz'\nsha256 = '{'b' * 64}'\n")
+    assert load_recipe(path).base.sets == (TarballSet(str(tmp_path / "base/sets/base.tgz"), "b" * 64),)
+
+
+def test_the_command_reports_a_bad_recipe_on_one_line_with_status_2(tmp_path: Path) -> None:
+    path = write(tmp_path, '[source]\ndebian = "caddy"\n[build]\nscirpt = "true"\n')
+    result = subprocess.run([sys.executable, "-m", "buildbox", "run", str(path), "--cache", str(tmp_path / "c")],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"buildbox: error: {path}:4: unknown key 'scirpt' in [build]; did you mean 'script'?"]
+    assert not (tmp_path / "c").exists(), "bad input must write nothing"
+
+
+def test_unknown_flags_are_usage_errors_with_status_2() -> None:
+    result = subprocess.run([sys.executable, "-m", "buildbox", "run", "--frobnicate", "x.toml"],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2 and "Traceback" not in result.stderr

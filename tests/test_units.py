@@ -1,0 +1,144 @@
+"""Content keys, safe extraction, in-root path resolution and ELF facts: no root, no network."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from buildbox.box import resolve_in_root
+from buildbox.elf import loader_dirs, read_elf, resolve_needed
+from buildbox.errors import BuildFailed, InputError
+from buildbox.sets import extract, fetch_verified
+from buildbox.store import Store, content_key
+
+
+def test_content_keys_ignore_dict_order_and_change_with_any_input() -> None:
+    assert content_key("layer", {"a": 1, "b": [1, 2]}) == content_key("layer", {"b": [1, 2], "a": 1})
+    assert content_key("layer", {"a": 1}) != content_key("layer", {"a": 2})
+    assert content_key("layer", {"a": 1}) != content_key("build", {"a": 1})
+
+
+def test_a_failed_entry_leaves_nothing_and_a_made_one_appears_whole(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+
+    def broken(tmp: Path) -> None:
+        (tmp / "half").write_text("x")
+        raise BuildFailed("boom")
+
+    with pytest.raises(BuildFailed):
+        store.ensure("builds", "k", broken)
+    assert not store.has("builds", "k")
+    assert [p.name for p in (tmp_path / "builds").iterdir()] == []
+    entry = store.ensure("builds", "k", lambda tmp: (tmp / "whole").write_text("y"))
+    assert (entry / "whole").read_text() == "y"
+    assert store.ensure("builds", "k", broken) == entry   # present: not made again
+
+
+def _tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "", mode: int = 0o644) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.mode = kind, link, mode
+    return info
+
+
+@pytest.mark.parametrize("members,words", [
+    ([(_member("../evil"), b"x")], "absolute or '..'"),
+    ([(_member("/etc/evil"), b"x")], "absolute or '..'"),
+    ([(_member("dev/sda", tarfile.BLKTYPE), None)], "device node"),
+    ([(_member("up", tarfile.SYMTYPE, "../../../etc"), None)], "points out of the root"),
+    ([(_member("etc", tarfile.SYMTYPE, "/etc"), None), (_member("etc/evil"), b"x")], "refused"),
+    ([(_member("hard", tarfile.LNKTYPE, "../../etc/passwd"), None)], "points out of the root"),
+    ([(_member("hard", tarfile.LNKTYPE, "/etc/passwd"), None)], "points out of the root"),
+])
+def test_extraction_refuses_members_that_would_leave_the_root(tmp_path: Path, members, words: str) -> None:
+    tarball = _tar(tmp_path / "set.tar", members)
+    root = tmp_path / "root"
+    root.mkdir()
+    with pytest.raises(InputError) as caught:
+        extract(tarball, root, what="set 1")
+    assert words in str(caught.value) and str(caught.value).startswith("set 1: ")
+    assert not (tmp_path / "evil").exists() and not Path("/etc/evil").exists()
+
+
+def test_extraction_keeps_modes_and_absolute_links_and_strips_a_top_directory(tmp_path: Path) -> None:
+    tarball = _tar(tmp_path / "src.tar", [
+        (_member("pkg-1.0", tarfile.DIRTYPE, mode=0o755), None),
+        (_member("pkg-1.0/tool", mode=0o4755), b"#!/bin/sh\n"),
+        (_member("pkg-1.0/tmp", tarfile.DIRTYPE, mode=0o1777), None),
+        (_member("pkg-1.0/awk", tarfile.SYMTYPE, "/etc/alternatives/awk"), None),
+    ])
+    root = tmp_path / "root"
+    root.mkdir()
+    extract(tarball, root, what="src", strip_top=True)
+    assert (root / "tool").stat().st_mode & 0o7777 == 0o4755
+    assert (root / "tmp").stat().st_mode & 0o7777 == 0o1777
+    assert os.readlink(root / "awk") == "/etc/alternatives/awk"
+
+
+def test_paths_resolve_inside_the_root_never_on_the_host(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "out").mkdir()
+    (root / "out" / "abs").symlink_to("/etc/passwd")
+    (root / "out" / "climb").symlink_to("../../../../../../etc/passwd")
+    (root / "out" / "dir").symlink_to("/etc")
+    (root / "out" / "loop").symlink_to("loop")
+    for link in ("out/abs", "out/climb", "out/dir/passwd"):
+        assert resolve_in_root(root, link) == root / "etc" / "passwd"
+    with pytest.raises(BuildFailed):
+        resolve_in_root(root, "out/loop")
+
+
+def test_a_local_file_with_the_wrong_sha256_is_not_kept_and_both_digests_are_named(tmp_path: Path) -> None:
+    source = tmp_path / "set.tar"
+    source.write_bytes(b"content")
+    wrong = "0" * 64
+    with pytest.raises(BuildFailed) as caught:
+        fetch_verified(str(source), wrong, tmp_path / "kept")
+    right = "ed7002b439e9ac845f22357d822bac1444730fbdb6016d3ec9432297b9ec9f73"
+    assert wrong in str(caught.value) and right in str(caught.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set.tar"]
+    fetch_verified(str(source), right, tmp_path / "kept")
+    assert (tmp_path / "kept").read_bytes() == b"content"
+
+
+def test_elf_facts_of_a_host_program_and_its_libraries_found_on_the_host() -> None:
+    ls = Path(shutil.which("ls")).resolve()
+    info = read_elf(ls)
+    assert info is not None and not info.static
+    assert info.interpreter and os.path.exists(info.interpreter)
+    assert "libc.so.6" in info.needed
+    found = resolve_needed(info, ls.parent, loader_dirs())
+    assert all(found.values()), found
+    assert read_elf(Path(__file__)) is None
+
+
+@pytest.mark.skipif(not shutil.which("gcc"), reason="needs gcc on the host")
+def test_elf_facts_tell_static_from_dynamic_and_name_missing_libraries(tmp_path: Path) -> None:
+    (tmp_path / "lib.c").write_text("int f(void) { return 1; }\n")
+    (tmp_path / "main.c").write_text("int f(void); int main(void) { return f() - 1; }\n")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-Wl,-soname,libbbgone.so.1", "-o", tmp_path / "libbbgone.so.1",
+                    tmp_path / "lib.c"], check=True)
+    subprocess.run(["gcc", "-o", tmp_path / "main", tmp_path / "main.c", tmp_path / "libbbgone.so.1",
+                    "-Wl,--no-as-needed,-rpath,/nonexistent/lib"], check=True)
+    info = read_elf(tmp_path / "main")
+    assert info.rpath == ("/nonexistent/lib",) or info.runpath == ("/nonexistent/lib",)
+    found = resolve_needed(info, tmp_path, loader_dirs())
+    assert found["libbbgone.so.1"] is None and found["libc.so.6"] is not None
+    static = subprocess.run(["gcc", "-static", "-o", tmp_path / "static", tmp_path / "main.c", tmp_path / "lib.c"])
+    if static.returncode == 0:
+        assert read_elf(tmp_path / "static").static
