@@ -55,10 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     except BuildboxError as err:
         if args.debug:
             traceback.print_exc()
-        tail = getattr(err, "tail", "")
-        if tail:
-            log.say("---- last lines of output ----\n" + tail + "\n------------------------------")
-        log.say(f"buildbox: error: {err}")
+        log.error(err)
         return err.exit_code
     except KeyboardInterrupt:
         log.say("buildbox: interrupted")

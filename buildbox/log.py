@@ -23,6 +23,14 @@ def note(text: str) -> None:
         say(f"    {text}")
 
 
+def error(err: Exception) -> None:
+    """Show an error as users see it: the output's last lines, then the one line that says it all."""
+    tail = getattr(err, "tail", "")
+    if tail:
+        say("---- last lines of output ----\n" + tail + "\n------------------------------")
+    say(f"buildbox: error: {err}")
+
+
 def warn(text: str) -> None:
     say(f"buildbox: warning: {text}")
 

@@ -57,8 +57,11 @@ def run(argv: Sequence[str], *, what: str, env: Mapping[str, str] | None = None,
         raise Interrupted(f"interrupted during {what}")
     if proc.returncode != 0:
         lines = tail.rstrip("\n").splitlines()[-TAIL_LINES:]
-        raise BuildFailed(f"{what} failed (exit status {proc.returncode})",
-                          hint=f"command: {shlex.join(argv)}" + (f"; full log: {log}" if log else ""),
+        command = shlex.join(argv)
+        # A command that carries a recipe's script is too long to show on the error's one line.
+        hints = [f"command: {command}"] if "\n" not in command and len(command) < 400 else []
+        hints += [f"full log: {log}"] if log else []
+        raise BuildFailed(f"{what} failed (exit status {proc.returncode})", hint="; ".join(hints) or None,
                           tail="\n".join(lines))
     return text
 

@@ -17,6 +17,7 @@ from buildbox.store import Store, file_sha256, remove_tree, write_meta
 
 SRC = f"{BUILD_DIR}/src"
 UPSTREAM = "/buildbox/upstream"   # where a local repository is bound, read-only
+GITCONFIG = "/buildbox/gitconfig"
 COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 
 
@@ -27,13 +28,16 @@ def _git_url(box: Box, source: GitSource) -> str:
     if not local.exists():
         raise InputError(f"git source {local} does not exist", hint="fix [source] git in the recipe")
     box.bind(local, UPSTREAM)
+    # The bound repository belongs to a host user, not to the build user, and git 2.39 takes
+    # safe.directory only from a global or system file, not from `-c`.
+    box.path(GITCONFIG).write_text("[safe]\n\tdirectory = *\n")
     return f"file://{UPSTREAM}"
 
 
 def _git(box: Box, args: list[str], *, what: str, log: Path | None = None, capture: bool = False) -> str:
-    # safe.directory: the bound repository belongs to a host user, not to the build user.
-    return box.run(["git", "-c", "safe.directory=*", *args], what=what, user=BUILDER.spec,
-                   env=BUILDER.login_env(), cwd=BUILDER.home, log=log, capture=capture)
+    return box.run(["git", *args], what=what, user=BUILDER.spec,
+                   env={**BUILDER.login_env(), "GIT_CONFIG_GLOBAL": GITCONFIG}, cwd=BUILDER.home, log=log,
+                   capture=capture)
 
 
 def resolve_git(store: Store, layers: list[Path], source: GitSource) -> str:
@@ -47,7 +51,8 @@ def resolve_git(store: Store, layers: list[Path], source: GitSource) -> str:
             listing = _git(box, ["ls-remote", url, source.ref, f"{source.ref}^{{}}"],
                            what=f"git ls-remote {source.url}", capture=True)
         except BuildFailed as err:
-            raise InputError(f"cannot read the git repository {source.url}: {err.tail.strip().splitlines()[-1:]}",
+            reason = next((line for line in err.tail.splitlines() if line.startswith("fatal:")), err.tail.strip())
+            raise InputError(f"cannot read the git repository {source.url}: {reason}",
                              hint="check [source] git in the recipe and the network") from None
     refs: dict[str, str] = {}
     for line in listing.splitlines():

@@ -32,8 +32,9 @@ class Planner:
     """
 
     def __init__(self, store: Store, recipes: list[Recipe], out_root: Path, *, keep: bool = False,
-                 stream: bool = True) -> None:
+                 stream: bool = True, report_failures: bool = False) -> None:
         self.store = store
+        self.report_failures = report_failures   # under plain doit, nobody else will say what failed
         self.recipes = recipes
         self.out_root = out_root.absolute()
         self.keep = keep
@@ -196,6 +197,8 @@ class Planner:
                 work()
             except BuildboxError as err:
                 self.failures.append((name, err))
+                if self.report_failures:
+                    log.error(err)
                 return TaskFailed(str(err), report=False)
             self.executed.append(name)
             return True

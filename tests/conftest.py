@@ -51,7 +51,7 @@ class Workspace:
     def __init__(self, root: Path, cache: Path) -> None:
         self.root = root
         self.cache = cache
-        (root / "recipes").mkdir()
+        (root / "recipes").mkdir(parents=True)
         shutil.copytree(REPO / "recipes" / "base", root / "recipes" / "base")
 
     def recipe(self, name: str, text: str) -> Path:

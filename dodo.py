@@ -1,0 +1,22 @@
+"""The buildbox stages as plain doit tasks: `doit` rebuilds every recipe in recipes/ (a nightly
+cron job), `doit list` shows the tasks. The cache is $BUILDBOX_CACHE or ./cache, artifacts go to ./out."""
+
+import os
+import sys
+from pathlib import Path
+
+from buildbox.errors import BuildboxError
+from buildbox.recipe import find_recipes, load_recipe
+from buildbox.store import Store
+from buildbox.tasks import Planner
+
+_HERE = Path(__file__).resolve().parent
+
+try:
+    _recipes = [load_recipe(path) for path in find_recipes(_HERE / "recipes")]
+except BuildboxError as err:
+    sys.exit(f"buildbox: error: {err}")
+
+_planner = Planner(Store(Path(os.environ.get("BUILDBOX_CACHE", _HERE / "cache"))), _recipes, _HERE / "out",
+                   report_failures=True)
+globals().update(_planner.namespace())

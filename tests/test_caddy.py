@@ -1,0 +1,39 @@
+"""The main job: caddy from Debian's source package, its test suite run inside the box."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, mounts_under, ran
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_caddy_builds_from_debian_source_with_its_tests_and_reports_v2_6_2(tmp_path: Path) -> None:
+    # The repository's own cache: README's first command has usually built caddy there already,
+    # and then this checks that build and that a rerun does nothing.
+    cache = Path(os.environ.get("BUILDBOX_CACHE", REPO / "cache"))
+    argv = [sys.executable, "-m", "buildbox", "run", "recipes/caddy.toml", "--cache", str(cache), "-q",
+            "--out", str(tmp_path / "out")]
+    first = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-5000:]
+    caddy = tmp_path / "out" / "caddy" / "caddy"
+    version = subprocess.run([caddy, "version"], capture_output=True, text=True, check=True).stdout
+    assert version.split()[0] == "v2.6.2"
+    manifest = json.loads((caddy.parent / "manifest.json").read_text())
+    assert manifest["inputs"]["source"]["dsc"].startswith("caddy_2.6.2-")
+    assert manifest["artifacts"]["caddy"]["elf"]["static"] is False
+    log = (cache / "logs" / "caddy" / "build.log").read_text()
+    # caddy's own test suite ran in the box and passed (it needs localhost to resolve there).
+    assert "ok  \tgithub.com/caddyserver/caddy/v2\t" in log
+    assert "--- FAIL" not in log
+
+    again = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+    assert again.returncode == 0 and ran(again) == set(), again.stderr
+    assert mounts_under(cache) == []
