@@ -220,12 +220,14 @@ class Planner:
         layers = {self.layer_key(r): r for r in self.recipes}
 
         def task_set() -> Iterator[dict[str, Any]]:
+            """Sets: tarballs checked by sha256, Debian bootstraps."""
             for key, spec in sets.items():
                 yield {"name": key[:12], "actions": [self._action(f"set:{key[:12]}", lambda s=spec: self.make_set(s))],
                        "uptodate": [lambda s=spec: self.store.has(self.set_kind(s), self.set_key(s))],
                        "doc": f"set {getattr(spec, 'url', None) or getattr(spec, 'suite', '')}"}
 
         def task_base() -> Iterator[dict[str, Any]]:
+            """Base roots unpacked from sets, with /etc, /dev and the build user."""
             for base in bases.values():
                 yield {"name": base.name, "actions": [self._action(f"base:{base.name}", lambda b=base: self.make_base(b))],
                        "task_dep": [f"set:{self.set_key(s)[:12]}" for s in base.sets],
@@ -233,6 +235,7 @@ class Planner:
                        "doc": f"base root {base.name}"}
 
         def task_layer() -> Iterator[dict[str, Any]]:
+            """Package layers: apt installs kept as overlay layers."""
             for key, recipe in layers.items():
                 yield {"name": key[:12], "actions": [self._action(f"layer:{key[:12]}", lambda r=recipe: self.make_layer(r))],
                        "task_dep": [f"base:{recipe.base.name}"],
@@ -249,16 +252,19 @@ class Planner:
                        "doc": f"{stage} of {recipe.path}"}
 
         def task_source() -> Iterator[dict[str, Any]]:
+            """Sources: a git commit, a tarball or a Debian source package in /build/src."""
             yield from per_recipe("source", self.make_source,
                                   lambda r: self.store.has("sources", self.source_key(r)),
                                   lambda r: f"layer:{self.layer_key(r)[:12]}")
 
         def task_build() -> Iterator[dict[str, Any]]:
+            """Builds: the recipe's script as the build user, checked, cached."""
             yield from per_recipe("build", self.make_build,
                                   lambda r: self.store.has("builds", self.build_key(r)),
                                   lambda r: f"source:{r.name}")
 
         def task_out() -> Iterator[dict[str, Any]]:
+            """Artifacts and manifest put at out/NAME/."""
             yield from per_recipe("out", self.install_out, self.out_current, lambda r: f"build:{r.name}")
 
         return {"task_set": task_set, "task_base": task_base, "task_layer": task_layer,
