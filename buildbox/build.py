@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ SRC = f"{BUILD_DIR}/src"
 EPOCH = 1700000000
 MANIFEST = "manifest.json"
 MAX_DEPTH = 32
+NOBODY = 65534
 
 
 def build_env(recipe: Recipe) -> dict[str, str]:
@@ -143,15 +145,27 @@ def verify_on_host(recipe: Recipe, files: Path) -> dict[str, dict[str, Any]]:
 def run_verify_commands(recipe: Recipe, files: Path, logfile: Path) -> None:
     """The recipe's [verify] run commands, on the host, with the artifacts first on PATH.
 
-    They run what the build made, so they run as nobody, with no groups and a clean environment.
+    They run what the build made, so they run as nobody, with no groups and a clean environment,
+    on a copy of the artifacts in a directory of nobody's own (the cache may sit under a
+    directory nobody cannot enter, such as /root).
     """
-    env = {"PATH": f"{files}:/usr/local/bin:/usr/bin:/bin", "HOME": "/nonexistent", "LANG": "C.UTF-8",
-           "TZ": "UTC"}
-    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--no-new-privs"]
-    for command in recipe.verify_run:
-        log.note(f"verify: {command}")
-        run([*nobody, "sh", "-ec", command], what=f"the verify command `{command}`", env=env, cwd=files,
-            log=logfile, stream=not log.quiet)
+    if not recipe.verify_run:
+        return
+    place = Path(tempfile.mkdtemp(prefix=f"buildbox-verify-{recipe.name}-"))
+    try:
+        copy = place / "artifacts"
+        shutil.copytree(files, copy)
+        for path in (place, copy, *copy.rglob("*")):
+            os.lchown(path, NOBODY, NOBODY)
+        env = {"PATH": f"{copy}:/usr/local/bin:/usr/bin:/bin", "HOME": str(place), "LANG": "C.UTF-8",
+               "TZ": "UTC"}
+        as_nobody = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--no-new-privs"]
+        for command in recipe.verify_run:
+            log.note(f"verify: {command}")
+            run([*as_nobody, "sh", "-ec", command], what=f"the verify command `{command}`", env=env, cwd=copy,
+                log=logfile, stream=not log.quiet)
+    finally:
+        remove_tree(place)
 
 
 def install_out(entry: Path, dest: Path) -> None:

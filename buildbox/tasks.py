@@ -98,10 +98,12 @@ class Planner:
     def set_kind(self, spec: Set) -> str:
         return "downloads" if isinstance(spec, TarballSet) else "bootstraps"
 
+    def base_root(self, recipe: Recipe) -> Path:
+        return self.store.entry("bases", self.base_key(recipe.base)) / "root"
+
     def lower_layers(self, recipe: Recipe) -> list[Path]:
         """The read-only layers of a box for this recipe, top first: packages over the base."""
-        return [self.store.entry("layers", self.layer_key(recipe)) / "root",
-                self.store.entry("bases", self.base_key(recipe.base)) / "root"]
+        return [self.store.entry("layers", self.layer_key(recipe)) / "root", self.base_root(recipe)]
 
     def out_dir(self, recipe: Recipe) -> Path:
         return self.out_root / recipe.name
@@ -151,7 +153,7 @@ class Planner:
         def make(tmp: Path) -> None:
             what = ", ".join(recipe.install + tuple(f"build-deps of {p}" for p in recipe.build_deps)) or "nothing"
             with log.step(f"Installing packages into a layer ({what})"):
-                make_layer(self.store, [self.lower_layers(recipe)[1]], recipe.install, recipe.build_deps,
+                make_layer(self.store, [self.base_root(recipe)], recipe.install, recipe.build_deps,
                            tmp, self.logfile(recipe.name, "packages"))
         self.store.ensure("layers", key, make)
 
