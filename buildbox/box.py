@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import os
 import shlex
+import sys
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -22,6 +24,13 @@ from buildbox.store import Store, remove_tree
 
 ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MAX_SYMLINKS = 40
+ENTER = Path(__file__).with_name("enter.py")
+HOSTNAME = "buildbox"
+# The only device nodes a box gets, bound from the host's /dev into a tmpfs of the box's own.
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+# Every command in a box gets its own mount, UTS, IPC and PID namespaces (its own /proc, its own
+# hostname, no host processes in sight), and its own network namespace unless it fetches.
+NAMESPACES = ("mount", "uts", "ipc", "pid")
 
 
 def resolve_in_root(root: Path, path: str) -> Path:
@@ -91,8 +100,9 @@ class Box:
             for d in (self.upper, self.dir / "work", self.root):
                 d.mkdir(exist_ok=True)
             lower = ":".join(str(p) for p in self.layers)
+            # nosuid,nodev: a setuid file or a device node written into the box grants nothing.
             self._mount(["-t", "overlay", "overlay", "-o",
-                         f"lowerdir={lower},upperdir={self.upper},workdir={self.dir / 'work'}"],
+                         f"nosuid,nodev,lowerdir={lower},upperdir={self.upper},workdir={self.dir / 'work'}"],
                         self.root, undo=not self.keep)
         except BaseException:
             self._stack.close()
@@ -105,9 +115,6 @@ class Box:
     def path(self, box_path: str) -> Path:
         """The host path of box_path, resolved inside the box."""
         return resolve_in_root(self.root, box_path)
-
-    def mount_proc(self) -> None:
-        self._mount(["-t", "proc", "-o", "nosuid,nodev,noexec", "proc"], self._target("/proc", dir=True))
 
     def bind(self, host: Path, box_path: str, *, readonly: bool = True) -> None:
         """Make a host path visible in the box (on purpose, and said in the log)."""
@@ -134,17 +141,20 @@ class Box:
 
     def run(self, argv: Sequence[str], *, what: str, user: str | None = None,
             env: Mapping[str, str] | None = None, cwd: str = "/", log: Path | None = None,
-            stream: bool = False, capture: bool = False) -> str:
-        """Run argv inside the box with exactly env (root's PATH if none), as user "UID:GID" or root."""
-        env = dict(env or {"PATH": ROOT_PATH})
-        chroot = ["chroot"]
-        if user:
-            # Numeric ids, and the groups spelled out: chroot would otherwise look the user up on
-            # the host, and keep root's supplementary groups.
-            chroot += [f"--userspec={user}", f"--groups={user.split(':')[1]}"]
-        command = [*chroot, str(self.root), "/usr/bin/env", "-i", "-C", cwd,
-                   *(f"{k}={v}" for k, v in env.items()), *argv]
-        return run(command, what=what, log=log, stream=stream, capture=capture)
+            stream: bool = False, capture: bool = False, network: bool = False,
+            limits: Mapping[str, int] | None = None, timeout: float | None = None,
+            silence: float | None = None) -> str:
+        """Run argv inside the box, in fresh namespaces, with exactly env (root's PATH if none),
+        as user "UID:GID" or root; without a network unless asked for one."""
+        plan = {"root": str(self.root), "cwd": cwd, "argv": list(argv), "env": dict(env or {"PATH": ROOT_PATH}),
+                "user": [int(n) for n in user.split(":")] if user else None, "network": network,
+                "hostname": HOSTNAME, "devices": list(DEVICES), "limits": dict(limits or {})}
+        command = ["setpriv", "--pdeathsig", "KILL",   # the box dies with buildbox, even by SIGKILL
+                   "unshare", *(f"--{ns}" for ns in NAMESPACES), *([] if network else ["--net"]),
+                   "--fork", "--kill-child", "--propagation", "private",
+                   "--", sys.executable, "-I", str(ENTER), json.dumps(plan)]
+        return run(command, what=what, log=log, stream=stream, capture=capture, timeout=timeout,
+                   silence=silence)
 
     def describe(self) -> str:
         return f"{self.dir} (chroot {self.root}; upper layer {self.upper})"

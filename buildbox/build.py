@@ -12,10 +12,10 @@ from typing import Any
 
 from buildbox import log
 from buildbox.base import BUILD_DIR, BUILDER
-from buildbox.box import Box, resolve_in_root
+from buildbox.box import NAMESPACES, Box, resolve_in_root
 from buildbox.errors import BuildFailed, InputError
 from buildbox.process import run
-from buildbox.recipe import Recipe
+from buildbox.recipe import Limits, Recipe
 from buildbox.store import Store, file_sha256, remove_tree
 
 OUT = f"{BUILD_DIR}/out"
@@ -40,13 +40,22 @@ def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, in
     files = entry / "files"
     files.mkdir()
     with Box(store, layers, label=f"build-{recipe.name}", keep=keep) as box:
-        box.mount_proc()
-        box.bind(Path("/etc/resolv.conf").resolve(), "/etc/resolv.conf")
+        network = ("network: on for the build ([build] network = true)" if recipe.network
+                   else "network: off for the build (loopback only)")
+        log.note(network)
+        logfile.write_text(f"buildbox: {network}\n")
+        if recipe.network:
+            box.bind(Path("/etc/resolv.conf").resolve(), "/etc/resolv.conf")
         log.note(f"build log: {logfile}")
-        # umask set here, the script handed over as an argument: no quoting of user code.
-        box.run(["sh", "-c", 'umask 022 && exec sh -e -c "$1" "$0"', recipe.name, recipe.script],
-                what=f"the build of {recipe.name}", user=BUILDER.spec, env=build_env(recipe), cwd=SRC,
-                log=logfile, stream=stream)
+        limits = recipe.limits
+        # The script handed over as an argument: no quoting of user code.
+        try:
+            box.run(["sh", "-e", "-c", recipe.script, recipe.name], what=f"the build of {recipe.name}",
+                    user=BUILDER.spec, env=build_env(recipe), cwd=SRC, log=logfile, stream=stream,
+                    network=recipe.network, limits=limits.rlimits(), timeout=limits.timeout,
+                    silence=limits.silence)
+        except BuildFailed as err:
+            raise name_the_limit(err, recipe) from None
         artifacts = collect(box.root, OUT)
         if not artifacts:
             raise BuildFailed(f"the build of {recipe.name} left $OUT ({OUT}) empty",
@@ -64,11 +73,42 @@ def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, in
         "recipe": recipe.name,
         "key": inputs["key"],
         "inputs": {k: v for k, v in inputs.items() if k != "key"},
+        "isolation": {"user": f"{BUILDER.name} ({BUILDER.spec})", "network": recipe.network,
+                      "namespaces": [*NAMESPACES, *([] if recipe.network else ["net"])],
+                      "no_new_privs": True, "capabilities": [],
+                      "limits": {**recipe.limits.rlimits(), "timeout": recipe.limits.timeout,
+                                 "silence": recipe.limits.silence}},
         "artifacts": {rel: {"sha256": file_sha256(files / rel), "size": (files / rel).stat().st_size,
                             **facts.get(rel, {})}
                       for rel in sorted(artifacts)},
     }
     (entry / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+# What a build's output says when a limit stopped it, and the limit to name.
+LIMIT_SIGNS = [
+    ("exit status 152", "cpu", "CPU time"),                       # 128 + SIGXCPU
+    ("exit status 153", "file-size", "file size"),                # 128 + SIGXFSZ
+    ("File size limit exceeded", "file-size", "file size"),
+    ("File too large", "file-size", "file size"),
+    ("Cannot allocate memory", "memory", "memory"),
+    ("Out of memory", "memory", "memory"),
+    ("out of memory", "memory", "memory"),
+    ("Resource temporarily unavailable", "processes", "processes"),
+    ("Too many open files", "files", "open files"),
+]
+
+
+def name_the_limit(err: BuildFailed, recipe: Recipe) -> BuildFailed:
+    """A failed build whose output shows a limit was hit says which one, and how to raise it."""
+    text = f"{err.message}\n{err.tail}"
+    for sign, key, label in LIMIT_SIGNS:
+        if sign in text:
+            value = recipe.limits.rlimits()[key]
+            return BuildFailed(f"{err.message}: it hit its {label} limit ([limits] {key} = {value})",
+                               hint=f"raise [limits] {key} in {recipe.path} if the build needs more",
+                               tail=err.tail)
+    return err
 
 
 def collect(root: Path, box_dir: str) -> dict[str, Path]:
@@ -110,7 +150,7 @@ def check_in_box(box: Box, artifacts: dict[str, Path]) -> None:
             continue
         box_path = "/" + str(real.relative_to(box.root))
         out = box.run(["ldd", box_path], what=f"ldd {rel}", user=BUILDER.spec, env=BUILDER.login_env(),
-                      capture=True)
+                      capture=True, limits=Limits().rlimits(), timeout=600)
         missing = [line.split()[0] for line in out.splitlines() if "not found" in line]
         if missing:
             raise BuildFailed(f"{rel}: ldd inside the box finds no {', '.join(missing)}",

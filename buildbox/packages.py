@@ -28,11 +28,10 @@ def make_layer(store: Store, lower: list[Path], install: tuple[str, ...], build_
                entry: Path, logfile: Path) -> None:
     """Install packages over `lower` and keep what changed as the layer `entry`/root."""
     with Box(store, lower, label="layer", upper=entry / "root") as box:
-        box.mount_proc()
         fetch_access(box, store)
 
         def apt(*args: str, what: str) -> None:
-            box.run(["apt-get", *args], what=what, env=APT_ENV, log=logfile)
+            box.run(["apt-get", *args], what=what, env=APT_ENV, log=logfile, network=True)
 
         apt("update", "-q", what="apt-get update")
         if install:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
@@ -24,7 +25,8 @@ _interrupted = threading.Event()
 
 def run(argv: Sequence[str], *, what: str, env: Mapping[str, str] | None = None,
         cwd: Path | None = None, log: Path | None = None, stream: bool = False,
-        capture: bool = False, cleanup: bool = False) -> str:
+        capture: bool = False, cleanup: bool = False, timeout: float | None = None,
+        silence: float | None = None) -> str:
     """Run argv to the end; return its stdout when capture is set; raise BuildFailed with the output's tail.
 
     Once interrupted, only cleanup commands (unmounting) still start.
@@ -40,12 +42,13 @@ def run(argv: Sequence[str], *, what: str, env: Mapping[str, str] | None = None,
                             start_new_session=True)
     with _live_lock:
         _live.add(proc)
+    watch = _Watchdog(proc, timeout, silence) if timeout or silence else None
     try:
         if capture:
             out, err = proc.communicate()
             text, tail = out.decode(errors="replace"), (err + out).decode(errors="replace")
         else:
-            text, tail = "", _pump(proc.stdout, log, stream)
+            text, tail = "", _pump(proc.stdout, log, stream, watch)
             proc.wait()
     except BaseException:
         _stop(proc)
@@ -53,6 +56,10 @@ def run(argv: Sequence[str], *, what: str, env: Mapping[str, str] | None = None,
     finally:
         with _live_lock:
             _live.discard(proc)
+        if watch:
+            watch.stop()
+    if watch and watch.reason:
+        raise BuildFailed(f"{what} was stopped: {watch.reason}", tail=tail)
     if proc.returncode != 0 and _interrupted.is_set() and not cleanup:
         raise Interrupted(f"interrupted during {what}")
     if proc.returncode != 0:
@@ -66,12 +73,46 @@ def run(argv: Sequence[str], *, what: str, env: Mapping[str, str] | None = None,
     return text
 
 
-def _pump(pipe: IO[bytes], log: Path | None, stream: bool) -> str:
+class _Watchdog:
+    """Kills a command's process group when it runs too long, or prints nothing for too long."""
+
+    def __init__(self, proc: subprocess.Popen, timeout: float | None, silence: float | None) -> None:
+        self.proc, self.timeout, self.silence = proc, timeout, silence
+        self.started = self.last_output = time.monotonic()
+        self.reason = ""
+        self._done = threading.Event()
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def heard(self) -> None:
+        self.last_output = time.monotonic()
+
+    def stop(self) -> None:
+        self._done.set()
+
+    def _watch(self) -> None:
+        while not self._done.wait(0.5):
+            now = time.monotonic()
+            if self.timeout and now - self.started > self.timeout:
+                self.reason = f"it ran longer than its wall-clock limit ([limits] timeout = {self.timeout:g}s)"
+            elif self.silence and now - self.last_output > self.silence:
+                self.reason = f"it printed nothing for {self.silence:g}s ([limits] silence)"
+            else:
+                continue
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            return
+
+
+def _pump(pipe: IO[bytes], log: Path | None, stream: bool, watch: _Watchdog | None = None) -> str:
     """Copy a command's output to its log and, when streaming, the terminal; keep the last lines."""
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     logfile = open(log, "ab") if log else None
     try:
         for raw in pipe:
+            if watch:
+                watch.heard()
             if logfile:
                 logfile.write(raw)
             if stream:

@@ -79,6 +79,30 @@ class DebianSource:
 Source = Union[GitSource, UrlSource, DebianSource]
 
 
+SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+TIME_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one build may use; exceeding any of them fails the build, naming the limit."""
+    memory: int = 16 << 30        # bytes of address space per process
+    processes: int = 4096         # processes and threads of the build user
+    files: int = 4096             # open files per process
+    cpu: int = 4 * 3600           # seconds of CPU per process
+    file_size: int = 8 << 30      # bytes, the largest file the build may write
+    timeout: int = 3 * 3600       # seconds of wall-clock time for the whole build
+    silence: int = 30 * 60        # seconds without output before the build is taken as hung
+
+    def rlimits(self) -> dict[str, int]:
+        return {"memory": self.memory, "processes": self.processes, "files": self.files, "cpu": self.cpu,
+                "file-size": self.file_size}
+
+
+LIMIT_KEYS = {"memory": "size", "processes": "count", "files": "count", "cpu": "time", "file-size": "size",
+              "timeout": "time", "silence": "time"}
+
+
 @dataclass(frozen=True)
 class Recipe:
     path: Path
@@ -91,6 +115,8 @@ class Recipe:
     script: str
     static: bool
     verify_run: tuple[str, ...]
+    network: bool = False
+    limits: Limits = Limits()
 
 
 class list_of_tables(list):
@@ -246,7 +272,7 @@ def load_recipe(path: Path) -> Recipe:
     doc = _Doc(path)
     data = doc.data
     doc.check_keys(data, (), {"name": str, "base": str, "packages": dict, "source": dict,
-                              "build": dict, "verify": dict})
+                              "build": dict, "verify": dict, "limits": dict})
     name = data.get("name", path.stem)
     if not NAME_RE.fullmatch(name):
         doc.fail((), "name" if "name" in data else None,
@@ -265,7 +291,7 @@ def load_recipe(path: Path) -> Recipe:
     build = data.get("build")
     if build is None:
         doc.fail((), None, "[build] is missing", "add [build] with script = '''...'''")
-    doc.check_keys(build, ("build",), {"script": str, "env": dict})
+    doc.check_keys(build, ("build",), {"script": str, "env": dict, "network": bool})
     script = build.get("script", "")
     if not script.strip():
         doc.fail(("build",), "script" if "script" in build else None, "the build script is empty",
@@ -285,7 +311,26 @@ def load_recipe(path: Path) -> Recipe:
     doc.check_keys(verify, ("verify",), {"static": bool, "run": list})
     return Recipe(path=path, name=name, base=base, install=install, build_deps=build_deps,
                   source=source, env=tuple(sorted(env.items())), script=script,
-                  static=verify.get("static", False), verify_run=tuple(verify.get("run", [])))
+                  static=verify.get("static", False), verify_run=tuple(verify.get("run", [])),
+                  network=build.get("network", False), limits=_parse_limits(doc, data.get("limits", {})))
+
+
+def _parse_limits(doc: _Doc, table: dict[str, Any]) -> Limits:
+    """[limits]: sizes as 512M / 4G (or bytes), times as 90s / 20m / 2h (or seconds), counts as numbers."""
+    doc.check_keys(table, ("limits",), {key: object for key in LIMIT_KEYS})
+    values: dict[str, int] = {}
+    for key, value in table.items():
+        kind = LIMIT_KEYS[key]
+        units = SIZE_UNITS if kind == "size" else TIME_UNITS if kind == "time" else {"": 1}
+        match = re.fullmatch(r"(\d+)([A-Za-z]?)", str(value)) if not isinstance(value, bool) else None
+        unit = match.group(2) if match else ""
+        if kind == "size":
+            unit = unit.upper()
+        if not match or unit not in units or int(match.group(1)) <= 0:
+            example = {"size": '"4G" or "512M"', "time": '"2h", "20m" or "90s"', "count": "a number such as 1024"}
+            doc.fail(("limits",), key, f"{key} = {value!r} is not a {kind}", f"write {key} = {example[kind]}")
+        values[key.replace("-", "_")] = int(match.group(1)) * units[unit]
+    return Limits(**values)
 
 
 def _parse_source(doc: _Doc, source: dict[str, Any] | None) -> Source:

@@ -37,7 +37,7 @@ def _git_url(box: Box, source: GitSource) -> str:
 def _git(box: Box, args: list[str], *, what: str, log: Path | None = None, capture: bool = False) -> str:
     return box.run(["git", *args], what=what, user=BUILDER.spec,
                    env={**BUILDER.login_env(), "GIT_CONFIG_GLOBAL": GITCONFIG}, cwd=BUILDER.home, log=log,
-                   capture=capture)
+                   capture=capture, network=True)
 
 
 def resolve_git(store: Store, layers: list[Path], source: GitSource) -> str:
@@ -108,7 +108,7 @@ def _in_box(store: Store, layers: list[Path], source: GitSource | DebianSource, 
             # apt-get source checks the files against the signed Sources index of the layer's lists.
             box.run(["apt-get", "source", "-q", "--download-only", source.package],
                     what=f"apt-get source {source.package}", user=BUILDER.spec, env=BUILDER.login_env(),
-                    cwd=BUILD_DIR, log=logfile)
+                    cwd=BUILD_DIR, log=logfile, network=True)
             dscs = sorted(box.path(BUILD_DIR).glob("*.dsc"))
             if len(dscs) != 1:
                 raise BuildFailed(f"apt-get source {source.package} left {len(dscs)} .dsc files in {BUILD_DIR}")

@@ -92,7 +92,8 @@ class Planner:
         return self._remember("build", recipe.name, lambda: content_key("build", {
             "layer": self.layer_key(recipe), "source": self.source_key(recipe), "script": recipe.script,
             "env": [list(kv) for kv in recipe.env], "static": recipe.static,
-            "verify": list(recipe.verify_run)}))
+            "verify": list(recipe.verify_run), "network": recipe.network,
+            "limits": dataclasses.asdict(recipe.limits)}))
 
     # -- paths ------------------------------------------------------------------------------
     def set_kind(self, spec: Set) -> str:
@@ -298,8 +299,11 @@ class Reporter(ConsoleReporter):
             log.say(f"    up to date: {task.name}")
 
     def add_failure(self, task: Any, fail: Any) -> None:
-        if getattr(fail, "report", True):
-            log.say(f"buildbox: {task.name}: {fail.get_msg().strip().splitlines()[-1]}")
+        # buildbox reports its own errors; a stage skipped because the one below it failed says
+        # nothing new. What is left is doit's own trouble (an exception in buildbox's code).
+        message = fail.get_msg().strip()
+        if getattr(fail, "report", True) and message not in task.task_dep:
+            log.say(f"buildbox: {task.name}: {message.splitlines()[-1] if message else fail}")
 
     def complete_run(self) -> None:
         if self.runtime_errors:

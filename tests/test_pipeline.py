@@ -75,7 +75,14 @@ def test_a_go_program_from_a_local_git_repository_builds_caches_and_rebuilds_onl
 
     go_recipe(workspace, repo, packages='["git", "golang-go", "file"]')
     repacked = workspace.buildbox("run", recipe)
-    assert "layer" in ran(repacked), repacked.stderr
+    # A new package list is a new layer (built now, or found from an earlier test session's cache),
+    # and everything above it is rebuilt.
+    assert layer_task(repacked) != layer_task(first)
+    assert {"build", "out"} <= ran(repacked), repacked.stderr
+
+
+def layer_task(result) -> str:
+    return next(word for line in result.stderr.splitlines() for word in line.split() if word.startswith("layer:"))
 
 
 def test_a_git_ref_that_does_not_exist_is_bad_input(workspace: Workspace, tmp_path: Path) -> None:

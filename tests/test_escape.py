@@ -1,0 +1,192 @@
+"""The escape suite: a build tries many ways out of its box; every one must be refused, and the
+host is checked afterwards (canary unchanged, the test server saw no connection, no process left)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import socket
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from conftest import Workspace, mounts_under
+from test_lifecycle import shell_recipe
+
+pytestmark = pytest.mark.integration
+
+# Each line: a name, then a shell command that succeeds only if the way out is open.
+# perl's syscall() reaches the kernel directly (x86_64 numbers), with no helper binary in between.
+ATTEMPTS = r"""
+write-host-path        sh -c 'echo pwned > "$CANARY"'
+read-shadow            cat /etc/shadow
+read-root-home         ls /root
+symlink-out            sh -c 'ln -sf /etc/shadow "$HOME/s" && cat "$HOME/s"'
+dotdot-out             cat ../../../../../../../../../etc/shadow
+chroot-again           perl -e 'mkdir "x"; chroot("x") or exit 1; chdir("../../../.."); chroot(".") or exit 1'
+chroot-command         chroot / /bin/true
+tcp-host-loopback      bash -c 'exec 3<>/dev/tcp/127.0.0.1/$PORT'
+dns                    getent hosts deb.debian.org
+see-host-interfaces    sh -c 'grep -v -E "^ *(lo|Inter|face)" /proc/net/dev | grep -q :'
+see-host-process       sh -c 'test -e /proc/$HOST_PID || kill -0 $HOST_PID'
+signal-host-process    kill -TERM $HOST_PID
+ptrace-host-process    perl -e 'exit(syscall(101, 16, $ENV{HOST_PID}, 0, 0) == -1 ? 1 : 0)'
+ptrace-box-init        perl -e 'exit(syscall(101, 16, 1, 0, 0) == -1 ? 1 : 0)'
+proc-1-root            ls /proc/1/root/
+mknod-disk             mknod "$HOME/sda" b 8 0
+mount-syscall          perl -e 'mkdir "m"; exit(syscall(165, "none", "m", "tmpfs", 0, 0) == -1 ? 1 : 0)'
+mount-command          sh -c 'mkdir -p p && mount -t proc proc p'
+load-module            perl -e 'exit(syscall(175, 0, 0, "") == -1 && syscall(313, 0, "", 0) == -1 ? 1 : 0)'
+set-hostname           perl -e 'exit(syscall(170, "evil", 4) == -1 ? 1 : 0)'
+proc-sys-write         sh -c 'echo evil > /proc/sys/kernel/hostname'
+become-root            perl -e '$< = 0; $> = 0; exit($> == 0 ? 0 : 1)'
+have-capabilities      sh -c 'grep -q "^CapEff:[[:space:]]*0*[1-9a-f]" /proc/self/status'
+new-privs-allowed      sh -c 'grep -q "^NoNewPrivs:[[:space:]]*0" /proc/self/status'
+new-user-namespace     perl -e 'exit(syscall(272, 0x10000000) == -1 ? 1 : 0)'
+raw-socket             perl -e 'socket(my $s, 17, 3, 0) or exit 1'
+reboot                 perl -e 'exit(syscall(169, 0xfee1dead, 672274793, 0x4321fedc, 0) == -1 ? 1 : 0)'
+kexec                  perl -e 'exit(syscall(246, 0, 0, 0, 0) == -1 ? 1 : 0)'
+set-clock              perl -e 'exit(syscall(164, pack("qq", 0, 0), 0) == -1 ? 1 : 0)'
+host-devices           sh -c 'test -e /dev/sda || test -e /dev/vda || test -e /dev/mem || test -e /dev/kmsg'
+fill-disk              dd if=/dev/zero of=big bs=1M count=64
+fill-memory            perl -e '$x = "a" x (1536 * 1024 * 1024); exit 0'
+fork-bomb              sh -c 'n=0; while [ $n -lt 200 ]; do sleep 31 & n=$((n+1)); done; exit 0'
+"""
+
+# Controls: what must work in the box, so that a refusal above is the box's doing and not a
+# missing tool (perl, bash) or a broken loopback.
+CONTROLS = r"""
+perl-syscall           perl -e 'exit(syscall(39) > 0 ? 0 : 1)'
+bash-tcp-loopback      perl -MIO::Socket::INET -e '$l = IO::Socket::INET->new(Listen => 1, LocalAddr => "127.0.0.1:0") or exit 1; IO::Socket::INET->new(PeerAddr => "127.0.0.1:" . $l->sockport) or exit 1'
+localhost-resolves     getent hosts localhost
+write-home             sh -c 'echo ok > "$HOME/ok"'
+see-own-process        sh -c 'test -e /proc/$$'
+small-file             dd if=/dev/zero of=small bs=1M count=1
+"""
+
+SCRIPT = r"""
+cd "$HOME"
+attempt() {
+  name=$1; shift
+  if ( "$@" ) >/dev/null 2>&1; then echo "$name ESCAPED" >> "$OUT/results"; else echo "$name refused" >> "$OUT/results"; fi
+}
+control() {
+  name=$1; shift
+  if ( "$@" ) >/dev/null 2>&1; then echo "$name works" >> "$OUT/controls"; else echo "$name broken" >> "$OUT/controls"; fi
+}
+""" + "\n".join(f"control {line.split(None, 1)[0]} {line.split(None, 1)[1]}"
+                for line in CONTROLS.strip().splitlines()) + "\n" + "\n".join(f"attempt {line.split(None, 1)[0]} {line.split(None, 1)[1]}"
+                for line in ATTEMPTS.strip().splitlines()) + r"""
+# Clear the fork bomb's sleepers before the next attempts (the box would kill them at its end anyway).
+for d in /proc/[0-9]*; do [ "$(tr '\0' ' ' < $d/cmdline 2>/dev/null)" = "sleep 31 " ] && kill ${d#/proc/} 2>/dev/null; done
+# Left behind on purpose: it must die with the box.
+setsid sleep 1234 >/dev/null 2>&1 &
+# Written outside $OUT: it must not reach the host.
+echo leak > /build/leak
+echo leak > "$HOME/leak"
+"""
+
+
+class CountingServer:
+    """A TCP listener on the host's loopback that counts who connects."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+@pytest.fixture
+def server():
+    srv = CountingServer()
+    yield srv
+    srv.close()
+
+
+def escape_recipe(ws: Workspace, canary: Path, port: int, *, network: bool = False) -> Path:
+    recipe = shell_recipe(ws, "escape", SCRIPT)
+    env = f'env = {{ CANARY = "{canary}", PORT = "{port}", HOST_PID = "{os.getpid()}" }}\n'
+    text = recipe.read_text().replace("[build]\n", "[build]\n" + env + (f"network = true\n" if network else ""))
+    text += '[limits]\nmemory = "1G"\nprocesses = 64\nfile-size = "16M"\n'
+    recipe.write_text(text)
+    return recipe
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the suite's raw syscalls use x86_64 numbers")
+def test_every_way_out_of_the_box_is_refused_and_the_host_is_untouched(workspace: Workspace, tmp_path: Path,
+                                                                      server: CountingServer) -> None:
+    canary = tmp_path / "canary"
+    canary.write_text("unchanged\n")
+    hostname = socket.gethostname()
+    recipe = escape_recipe(workspace, canary, server.port)
+    workspace.buildbox("run", recipe, "-q")
+    out = workspace.root / "out" / "escape"
+    controls = dict(line.split() for line in (out / "controls").read_text().splitlines())
+    assert controls == {name.split()[0]: "works" for name in CONTROLS.strip().splitlines()}
+    results = dict(line.split() for line in (out / "results").read_text().splitlines())
+    assert len(results) == len(ATTEMPTS.strip().splitlines()) >= 25
+    escaped = sorted(name for name, outcome in results.items() if outcome != "refused")
+    assert escaped == [], f"ways out that were open: {escaped}"
+
+    assert canary.read_text() == "unchanged\n"
+    assert server.connections == 0
+    assert socket.gethostname() == hostname
+    assert sorted(p.name for p in out.iterdir()) == ["controls", "manifest.json", "results"]
+    for leftover in ("sleep 1234", "sleep 31"):
+        assert subprocess.run(["pgrep", "-f", leftover], capture_output=True).returncode == 1, leftover
+    assert mounts_under(workspace.cache) == []
+    isolation = json.loads((out / "manifest.json").read_text())["isolation"]
+    assert isolation["network"] is False and "net" in isolation["namespaces"]
+
+
+def test_a_recipe_can_ask_for_the_network_and_says_so(workspace: Workspace, tmp_path: Path,
+                                                     server: CountingServer) -> None:
+    recipe = shell_recipe(workspace, "online", 'bash -c "exec 3<>/dev/tcp/127.0.0.1/$PORT" && echo reached > "$OUT/net"')
+    recipe.write_text(recipe.read_text().replace("[build]\n", f'[build]\nnetwork = true\nenv = {{ PORT = "{server.port}" }}\n'))
+    workspace.buildbox("run", recipe, "-q")
+    assert "network: on for the build" in (workspace.cache / "logs" / "online" / "build.log").read_text()
+    out = workspace.root / "out" / "online"
+    assert (out / "net").read_text() == "reached\n"
+    assert json.loads((out / "manifest.json").read_text())["isolation"]["network"] is True
+    assert server.connections == 1
+
+
+@pytest.mark.parametrize("limits,script,words", [
+    ('timeout = "3s"', "sleep 60", "wall-clock limit ([limits] timeout = 3s)"),
+    ('silence = "2s"', "echo started; sleep 60", "printed nothing for 2s ([limits] silence)"),
+    ('cpu = "1s"', "while :; do :; done", "CPU time limit ([limits] cpu = 1)"),
+    ('file-size = "1M"', 'dd if=/dev/zero of="$OUT/big" bs=1M count=8', "file size limit ([limits] file-size = 1048576)"),
+    ('memory = "256M"', "perl -e '$x = \"a\" x (512 * 1024 * 1024)'", "memory limit ([limits] memory = 268435456)"),
+])
+def test_a_build_past_a_limit_fails_naming_the_limit(workspace: Workspace, limits: str, script: str,
+                                                    words: str) -> None:
+    recipe = shell_recipe(workspace, "limited", script)
+    recipe.write_text(recipe.read_text() + f"[limits]\n{limits}\n")
+    result = workspace.buildbox("run", recipe, "-q", check=1)
+    assert words in result.stderr.splitlines()[-1], result.stderr[-2000:]
+    assert mounts_under(workspace.cache) == []
+    assert subprocess.run(["pgrep", "-f", "sleep 60"], capture_output=True).returncode == 1
