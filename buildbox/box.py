@@ -31,6 +31,8 @@ DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 # Every command in a box gets its own mount, UTS, IPC and PID namespaces (its own /proc, its own
 # hostname, no host processes in sight), and its own network namespace unless it fetches.
 NAMESPACES = ("mount", "uts", "ipc", "pid")
+# Part of every build's key: a change to what the box does makes every build run again.
+SANDBOX_VERSION = 2
 
 
 def resolve_in_root(root: Path, path: str) -> Path:
@@ -80,8 +82,9 @@ class Box:
     """A writable clone of `layers` (top first), mounted at self.root for the life of the block."""
 
     def __init__(self, store: Store, layers: Sequence[Path], *, label: str,
-                 upper: Path | None = None, keep: bool = False) -> None:
+                 upper: Path | None = None, keep: bool = False, log: Path | None = None) -> None:
         self.store = store
+        self.log = log
         self.layers = list(layers)
         self.label = label
         self.keep = keep
@@ -119,7 +122,11 @@ class Box:
     def bind(self, host: Path, box_path: str, *, readonly: bool = True) -> None:
         """Make a host path visible in the box (on purpose, and said in the log)."""
         target = self._target(box_path, dir=host.is_dir())
-        log.note(f"bind {host} -> {box_path}{' (read-only)' if readonly else ''}")
+        line = f"bind {host} -> {box_path}{' (read-only)' if readonly else ''}"
+        log.note(line)
+        if self.log:
+            with open(self.log, "a") as f:
+                f.write(f"buildbox: {line}\n")
         self._mount(["--bind", str(host)], target)
         if readonly:
             run(["mount", "-o", "remount,bind,ro", target], what=f"read-only remount of {box_path}")

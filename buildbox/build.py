@@ -39,11 +39,11 @@ def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, in
     """Build in a fresh box, check the artifacts, and fill entry/ with them and their manifest."""
     files = entry / "files"
     files.mkdir()
-    with Box(store, layers, label=f"build-{recipe.name}", keep=keep) as box:
-        network = ("network: on for the build ([build] network = true)" if recipe.network
-                   else "network: off for the build (loopback only)")
-        log.note(network)
-        logfile.write_text(f"buildbox: {network}\n")
+    network = ("network: on for the build ([build] network = true)" if recipe.network
+               else "network: off for the build (loopback only)")
+    log.note(network)
+    logfile.write_text(f"buildbox: {network}\n")
+    with Box(store, layers, label=f"build-{recipe.name}", keep=keep, log=logfile) as box:
         if recipe.network:
             box.bind(Path("/etc/resolv.conf").resolve(), "/etc/resolv.conf")
         log.note(f"build log: {logfile}")
@@ -75,7 +75,7 @@ def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, in
         "inputs": {k: v for k, v in inputs.items() if k != "key"},
         "isolation": {"user": f"{BUILDER.name} ({BUILDER.spec})", "network": recipe.network,
                       "namespaces": [*NAMESPACES, *([] if recipe.network else ["net"])],
-                      "no_new_privs": True, "capabilities": [],
+                      "no_new_privs": True, "capabilities": [], "seccomp": os.uname().machine == "x86_64",
                       "limits": {**recipe.limits.rlimits(), "timeout": recipe.limits.timeout,
                                  "silence": recipe.limits.silence}},
         "artifacts": {rel: {"sha256": file_sha256(files / rel), "size": (files / rel).stat().st_size,

@@ -27,7 +27,7 @@ def fetch_access(box: Box, store: Store) -> None:
 def make_layer(store: Store, lower: list[Path], install: tuple[str, ...], build_deps: tuple[str, ...],
                entry: Path, logfile: Path) -> None:
     """Install packages over `lower` and keep what changed as the layer `entry`/root."""
-    with Box(store, lower, label="layer", upper=entry / "root") as box:
+    with Box(store, lower, label="layer", upper=entry / "root", log=logfile) as box:
         fetch_access(box, store)
 
         def apt(*args: str, what: str) -> None:

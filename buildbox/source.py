@@ -96,7 +96,7 @@ def _in_box(store: Store, layers: list[Path], source: GitSource | DebianSource, 
             entry: Path, logfile: Path) -> None:
     """Fetch inside a box as the build user; keep only what landed in /build/src."""
     upper = entry / ".upper"
-    with Box(store, layers, label="source", upper=upper) as box:
+    with Box(store, layers, label="source", upper=upper, log=logfile) as box:
         fetch_access(box, store)
         if isinstance(source, GitSource):
             url = _git_url(box, source)

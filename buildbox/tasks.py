@@ -19,6 +19,7 @@ from doit.reporter import ConsoleReporter
 
 from buildbox import log
 from buildbox.base import BUILDER, make_base
+from buildbox.box import SANDBOX_VERSION
 from buildbox.errors import BuildboxError, Interrupted
 from buildbox.recipe import Base, BootstrapSet, DebianSource, GitSource, Recipe, Set, TarballSet, UrlSource
 from buildbox.store import Store, content_key, read_meta, write_meta
@@ -93,7 +94,7 @@ class Planner:
             "layer": self.layer_key(recipe), "source": self.source_key(recipe), "script": recipe.script,
             "env": [list(kv) for kv in recipe.env], "static": recipe.static,
             "verify": list(recipe.verify_run), "network": recipe.network,
-            "limits": dataclasses.asdict(recipe.limits)}))
+            "limits": dataclasses.asdict(recipe.limits), "sandbox": SANDBOX_VERSION}))
 
     # -- paths ------------------------------------------------------------------------------
     def set_kind(self, spec: Set) -> str:

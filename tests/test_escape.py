@@ -50,6 +50,9 @@ new-user-namespace     perl -e 'exit(syscall(272, 0x10000000) == -1 ? 1 : 0)'
 raw-socket             perl -e 'socket(my $s, 17, 3, 0) or exit 1'
 reboot                 perl -e 'exit(syscall(169, 0xfee1dead, 672274793, 0x4321fedc, 0) == -1 ? 1 : 0)'
 kexec                  perl -e 'exit(syscall(246, 0, 0, 0, 0) == -1 ? 1 : 0)'
+kernel-keyring         perl -e 'exit(syscall(250, 0, -3, 1) == -1 ? 1 : 0)'
+bpf                    perl -e 'exit(syscall(321, 0, pack("LLLL", 1, 4, 4, 1), 16) == -1 ? 1 : 0)'
+user-faults            perl -e 'exit(syscall(323, 0) == -1 ? 1 : 0)'
 set-clock              perl -e 'exit(syscall(164, pack("qq", 0, 0), 0) == -1 ? 1 : 0)'
 host-devices           sh -c 'test -e /dev/sda || test -e /dev/vda || test -e /dev/mem || test -e /dev/kmsg'
 fill-disk              dd if=/dev/zero of=big bs=1M count=64
@@ -161,6 +164,8 @@ def test_every_way_out_of_the_box_is_refused_and_the_host_is_untouched(workspace
     assert mounts_under(workspace.cache) == []
     isolation = json.loads((out / "manifest.json").read_text())["isolation"]
     assert isolation["network"] is False and "net" in isolation["namespaces"]
+    # Nothing of the host was bound into this box: every bind is listed in the log, and there are none.
+    assert "bind " not in (workspace.cache / "logs" / "escape" / "build.log").read_text()
 
 
 def test_a_recipe_can_ask_for_the_network_and_says_so(workspace: Workspace, tmp_path: Path,
@@ -168,7 +173,9 @@ def test_a_recipe_can_ask_for_the_network_and_says_so(workspace: Workspace, tmp_
     recipe = shell_recipe(workspace, "online", 'bash -c "exec 3<>/dev/tcp/127.0.0.1/$PORT" && echo reached > "$OUT/net"')
     recipe.write_text(recipe.read_text().replace("[build]\n", f'[build]\nnetwork = true\nenv = {{ PORT = "{server.port}" }}\n'))
     workspace.buildbox("run", recipe, "-q")
-    assert "network: on for the build" in (workspace.cache / "logs" / "online" / "build.log").read_text()
+    log = (workspace.cache / "logs" / "online" / "build.log").read_text()
+    assert "network: on for the build" in log
+    assert "buildbox: bind /etc/resolv.conf" in log
     out = workspace.root / "out" / "online"
     assert (out / "net").read_text() == "reached\n"
     assert json.loads((out / "manifest.json").read_text())["isolation"]["network"] is True
