@@ -33,6 +33,7 @@ DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 NAMESPACES = ("mount", "uts", "ipc", "pid")
 # Part of every build's key: a change to what the box does makes every build run again.
 SANDBOX_VERSION = 2
+KEPT = "kept"   # a box left with --keep, for the user: never reaped
 
 
 def resolve_in_root(root: Path, path: str) -> Path:
@@ -88,7 +89,8 @@ class Box:
         self.layers = list(layers)
         self.label = label
         self.keep = keep
-        self.dir = store.dir("boxes") / f"{label}-{uuid.uuid4().hex[:8]}"
+        # The owner's pid and start time in the name: a later run can tell a box of a dead run.
+        self.dir = store.dir("boxes") / f"{label}-{_owner()}-{uuid.uuid4().hex[:8]}"
         self.upper = upper or self.dir / "upper"
         self.root = self.dir / "root"
         self._stack = contextlib.ExitStack()
@@ -168,6 +170,7 @@ class Box:
 
     def _remove(self) -> None:
         if self.keep:
+            (self.dir / KEPT).touch()
             log.say(f"buildbox: kept the box {self.label} at {self.root}: "
                     f"`chroot {shlex.quote(str(self.root))}` to look; "
                     f"`umount {shlex.quote(str(self.root))} && rm -r {shlex.quote(str(self.dir))}` when done")
@@ -178,6 +181,46 @@ class Box:
             log.warn(f"not removing {self.dir}: still mounted: {', '.join(left)}")
             return
         remove_tree(self.dir)
+
+
+def _owner(pid: int | None = None) -> str:
+    """pid.starttime of a process (the start time tells a reused pid from the original)."""
+    pid = pid or os.getpid()
+    with open(f"/proc/{pid}/stat") as stat:
+        start = stat.read().rsplit(")", 1)[1].split()[19]
+    return f"{pid}.{start}"
+
+
+def _alive(owner: str) -> bool:
+    pid = int(owner.split(".")[0])
+    try:
+        return _owner(pid) == owner
+    except (OSError, IndexError):
+        return False
+
+
+def reap_dead_boxes(store: Store) -> list[Path]:
+    """Unmount and remove the boxes of runs that died (kill -9, power cut); return what was reaped."""
+    reaped = []
+    boxes = store.root / "boxes"
+    for box in sorted(boxes.iterdir()) if boxes.is_dir() else []:
+        parts = box.name.split("-")
+        owner = parts[-2] if len(parts) >= 3 else ""
+        if not _is_owner(owner) or _alive(owner) or (box / KEPT).exists():
+            continue
+        for target in mounts_under(box):
+            _unmount(Path(target))
+        if mounts_under(box):
+            log.warn(f"could not unmount everything under {box}; left in place")
+            continue
+        remove_tree(box)
+        reaped.append(box)
+    return reaped
+
+
+def _is_owner(owner: str) -> bool:
+    pid, _, start = owner.partition(".")
+    return pid.isdigit() and start.isdigit()
 
 
 def _unmount(target: Path) -> None:

@@ -58,8 +58,8 @@ def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, in
             raise name_the_limit(err, recipe) from None
         artifacts = collect(box.root, OUT)
         if not artifacts:
-            raise BuildFailed(f"the build of {recipe.name} left $OUT ({OUT}) empty",
-                              hint="copy what the build makes into \"$OUT/\" at the end of [build] script")
+            raise InputError(f"the build of {recipe.name} left $OUT ({OUT}) empty", where=recipe.at("script"),
+                             hint="copy what the build makes into \"$OUT/\" at the end of the script")
         for rel, source in artifacts.items():
             dest = files / rel
             dest.parent.mkdir(parents=True, exist_ok=True)

@@ -43,15 +43,22 @@ def parser() -> argparse.ArgumentParser:
                         help="recipe files (default: recipes/*.toml)")
     lister.add_argument("--out", type=Path, default=Path("out"))
     common(lister)
+
+    collector = commands.add_parser("gc", help="remove unreferenced and old cache entries")
+    collector.add_argument("--max-size", metavar="SIZE", help="then remove the least recently used until "
+                           "the cache fits, e.g. 20G")
+    collector.add_argument("--older-than", metavar="AGE", help="also remove entries unused for AGE, e.g. 30d")
+    common(collector)
+    cleaner = commands.add_parser("clean", help="remove everything but downloaded sets")
+    common(cleaner)
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        if args.command == "run":
-            return cmd_run(args)
-        return cmd_list(args)
+        command = {"run": cmd_run, "list": cmd_list, "gc": cmd_gc, "clean": cmd_clean}[args.command]
+        return command(args)
     except BuildboxError as err:
         if args.debug:
             traceback.print_exc()
@@ -82,9 +89,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise InputError(f"-j {args.jobs}: the number of jobs must be at least 1")
     recipes = _load(args.recipes)
-    if os.geteuid() != 0:
-        raise InputError("buildbox run needs root: it mounts overlays and chroots",
-                         hint="run it as root (sudo buildbox run ...)")
+    _need_root()
     log.quiet = args.quiet
     planner = Planner(Store(args.cache), recipes, args.out, keep=args.keep, stream=not args.quiet)
 
@@ -108,13 +113,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from buildbox.build import out_is_current
     from buildbox.recipe import find_recipes
-    from buildbox.store import Store
+    from buildbox.store import KINDS, Store, tree_size
     from buildbox.tasks import Planner
 
     paths = args.recipes or find_recipes(Path("recipes"))
     recipes = _load(paths)
     planner = Planner(Store(args.cache), recipes, args.out)
     for recipe in recipes:
+        size = ""
         try:
             key = planner.build_key(recipe)
             if out_is_current(planner.out_dir(recipe), key):
@@ -123,10 +129,60 @@ def cmd_list(args: argparse.Namespace) -> int:
                 state = "built (in the cache, not in out/)"
             else:
                 state = "needs a build"
+            if planner.store.has("builds", key):
+                size = _human(tree_size(planner.store.entry("builds", key)))
         except BuildFailed:
             state = "needs a build (its source ref can't be resolved yet)"
-        print(f"{recipe.name:24} {state:40} {recipe.path}")
+        print(f"{recipe.name:24} {state:36} {size:>9}  {recipe.path}")
+    if planner.store.root.is_dir():
+        sizes = {kind: tree_size(planner.store.root / kind) for kind in (*KINDS, "debs")}
+        print("cache: " + ", ".join(f"{kind} {_human(size)}" for kind, size in sizes.items() if size)
+              + f"; {_human(sum(sizes.values()))} in all")
     return 0
+
+
+def _human(size: int) -> str:
+    for unit in ("B", "K", "M", "G"):
+        if size < 1024 or unit == "G":
+            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
+        size /= 1024
+    return ""
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from buildbox.gc import gc
+    from buildbox.recipe import parse_amount
+    from buildbox.store import Store
+
+    limits = {}
+    for flag, value, kind in (("--max-size", args.max_size, "size"), ("--older-than", args.older_than, "time")):
+        if value is not None:
+            amount = parse_amount(value, kind)
+            if amount is None:
+                raise InputError(f"{flag} {value}: not a {kind}",
+                                 hint="write e.g. 20G" if kind == "size" else "write e.g. 30d or 12h")
+            limits[flag] = amount
+    _need_root()
+    removed = gc(Store(args.cache), max_size=limits.get("--max-size"), older_than=limits.get("--older-than"))
+    for entry in removed:
+        print(f"removed {entry.kind}/{entry.path.name} ({_human(entry.size)})")
+    print(f"gc: removed {len(removed)} entries, {_human(sum(e.size for e in removed))}")
+    return 0
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    from buildbox.gc import clean
+    from buildbox.store import Store
+    _need_root()
+    clean(Store(args.cache))
+    print(f"clean: {args.cache} holds only the downloaded sets now")
+    return 0
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        raise InputError("this needs root: the cache holds root-owned trees and mounts",
+                         hint="run it as root")
 
 
 def entry_point() -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from buildbox.box import Box
+from buildbox.errors import BuildFailed, BuildboxError, InputError
 from buildbox.store import Store, write_meta
 
 APT_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive",
@@ -42,3 +44,29 @@ def make_layer(store: Store, lower: list[Path], install: tuple[str, ...], build_
                            env=APT_ENV, capture=True)
     packages = dict(line.split("\t", 1) for line in versions.splitlines() if "\t" in line)
     write_meta(entry, {"install": list(install), "build-deps": list(build_deps), "packages": packages})
+
+
+# apt's words for "that package is not in the archive": bad input, not a failed build.
+MISSING_PATTERNS = [
+    r"E: Unable to locate package (\S+)",
+    r"E: Package '([^']+)' has no installation candidate",
+    r"E: Unable to find a source package for (\S+)",
+    r"E: Can't find a source to download for (\S+)",
+]
+UNREACHABLE_PATTERNS = [r"Temporary failure resolving '([^']+)'", r"Could not resolve '([^']+)'",
+                        r"Failed to fetch (\S+)", r"Could not connect to (\S+)", r"Unable to connect to (\S+)"]
+
+
+def explain_apt_failure(err: BuildFailed, where: str) -> BuildboxError:
+    """Turn apt's "no such package" or "mirror unreachable" into a one-line error on the right line."""
+    for pattern in MISSING_PATTERNS:
+        found = re.search(pattern, err.tail)
+        if found:
+            return InputError(f"package '{found.group(1)}' does not exist in the archive", where=where,
+                              hint="check its name (apt-cache search NAME) and the suite of the base")
+    for pattern in UNREACHABLE_PATTERNS:
+        found = re.search(pattern, err.tail)
+        if found:
+            return InputError(f"the mirror cannot be reached ({found.group(0)})", where=where,
+                              hint="check the mirror URL and the network, then run again")
+    return err

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, Union
 from urllib.parse import urlparse
@@ -32,6 +32,7 @@ class TarballSet:
     """A file-set tarball (OpenBSD-style sets), fetched and checked against its sha256."""
     url: str
     sha256: str
+    where: str = field(default="", compare=False)   # file:line, for errors found later
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class BootstrapSet:
     mirror: str
     variant: str
     packages: tuple[str, ...]
+    where: str = field(default="", compare=False)
 
 
 Set = Union[TarballSet, BootstrapSet]
@@ -80,7 +82,17 @@ Source = Union[GitSource, UrlSource, DebianSource]
 
 
 SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-TIME_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
+TIME_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_amount(text: str, kind: str) -> int | None:
+    """A size ("512M", "4G"), a time ("90s", "20m", "2h", "7d") or a count, as an int; None if malformed."""
+    match = re.fullmatch(r"(\d+)([A-Za-z]?)", text.strip())
+    if not match or int(match.group(1)) <= 0:
+        return None
+    unit = match.group(2).upper() if kind == "size" else match.group(2)
+    units = SIZE_UNITS if kind == "size" else TIME_UNITS if kind == "time" else {"": 1}
+    return int(match.group(1)) * units[unit] if unit in units else None
 
 
 @dataclass(frozen=True)
@@ -117,6 +129,11 @@ class Recipe:
     verify_run: tuple[str, ...]
     network: bool = False
     limits: Limits = Limits()
+    lines: tuple[tuple[str, int], ...] = ()
+
+    def at(self, key: str) -> str:
+        """file:line of a part of the recipe ("packages", "source", "script"), for errors found later."""
+        return f"{self.path}:{dict(self.lines).get(key, 1)}"
 
 
 class list_of_tables(list):
@@ -246,7 +263,8 @@ def load_base(name: str, recipes_dir: Path, *, where: str) -> Base:
             if not urlparse(url).scheme in ("http", "https"):
                 local = Path(url.removeprefix("file://"))
                 url = str(local if local.is_absolute() else (path.parent / local).resolve())
-            parsed.append(TarballSet(url, _check_sha256(doc, table, entry["sha256"], index)))
+            parsed.append(TarballSet(url, _check_sha256(doc, table, entry["sha256"], index),
+                                     where=f"{path}:{doc.line_of(table, 'url', index)}"))
         elif "suite" in entry:
             doc.check_keys(entry, table, {"suite": str, "mirror": str, "variant": str, "packages": list},
                            index)
@@ -260,7 +278,8 @@ def load_base(name: str, recipes_dir: Path, *, where: str) -> Base:
                          "use minbase, buildd, required or important", index)
             parsed.append(BootstrapSet(entry["suite"], entry["mirror"].rstrip("/"), variant,
                                        _check_packages(doc, table, "packages",
-                                                       entry.get("packages", []), index)))
+                                                       entry.get("packages", []), index),
+                                       where=f"{path}:{doc.line_of(table, 'mirror', index)}"))
         else:
             doc.fail(table, None, "a set needs url and sha256 (a tarball) or suite and mirror (a bootstrap)",
                      None, index)
@@ -287,6 +306,8 @@ def load_recipe(path: Path) -> Recipe:
     build_deps = _check_packages(doc, ("packages",), "build-deps", packages.get("build-deps", []))
 
     source = _parse_source(doc, data.get("source"))
+    if isinstance(source, GitSource) and "git" not in install:
+        install += ("git",)   # a git source is resolved and cloned with the box's own git
 
     build = data.get("build")
     if build is None:
@@ -312,7 +333,9 @@ def load_recipe(path: Path) -> Recipe:
     return Recipe(path=path, name=name, base=base, install=install, build_deps=build_deps,
                   source=source, env=tuple(sorted(env.items())), script=script,
                   static=verify.get("static", False), verify_run=tuple(verify.get("run", [])),
-                  network=build.get("network", False), limits=_parse_limits(doc, data.get("limits", {})))
+                  network=build.get("network", False), limits=_parse_limits(doc, data.get("limits", {})),
+                  lines=(("packages", doc.line_of(("packages",))), ("source", doc.line_of(("source",))),
+                         ("script", doc.line_of(("build",), "script"))))
 
 
 def _parse_limits(doc: _Doc, table: dict[str, Any]) -> Limits:
@@ -321,15 +344,11 @@ def _parse_limits(doc: _Doc, table: dict[str, Any]) -> Limits:
     values: dict[str, int] = {}
     for key, value in table.items():
         kind = LIMIT_KEYS[key]
-        units = SIZE_UNITS if kind == "size" else TIME_UNITS if kind == "time" else {"": 1}
-        match = re.fullmatch(r"(\d+)([A-Za-z]?)", str(value)) if not isinstance(value, bool) else None
-        unit = match.group(2) if match else ""
-        if kind == "size":
-            unit = unit.upper()
-        if not match or unit not in units or int(match.group(1)) <= 0:
+        amount = None if isinstance(value, bool) else parse_amount(str(value), kind)
+        if amount is None:
             example = {"size": '"4G" or "512M"', "time": '"2h", "20m" or "90s"', "count": "a number such as 1024"}
             doc.fail(("limits",), key, f"{key} = {value!r} is not a {kind}", f"write {key} = {example[kind]}")
-        values[key.replace("-", "_")] = int(match.group(1)) * units[unit]
+        values[key.replace("-", "_")] = amount
     return Limits(**values)
 
 

@@ -3,12 +3,12 @@ and the one safe way to unpack any tarball into a root."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import posixpath
 import shutil
 import sys
 import tarfile
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -16,73 +16,90 @@ from buildbox import log
 from buildbox.errors import BuildFailed, InputError
 from buildbox.process import run
 from buildbox.recipe import BootstrapSet
+from buildbox.store import file_sha256
 
 # Fixed so that the same bootstrap inputs give the same tarball, byte for byte.
 BOOTSTRAP_EPOCH = 1700000000
 CHUNK = 1 << 16
+DOWNLOAD_ATTEMPTS = 6
 
 
-def fetch_verified(url: str, sha256: str, dest: Path) -> None:
-    """Put the file at url (http(s), file:// or a local path) at dest, only if its sha256 matches."""
-    part = dest.with_name(dest.name + ".part")
-    digest = hashlib.sha256()
-    scheme = urlparse(url).scheme
+def fetch_verified(url: str, sha256: str, dest: Path, partial: Path | None = None) -> None:
+    """Put the file at url (http(s), file:// or a local path) at dest, only if its sha256 matches.
+
+    An HTTP download goes to `partial` first, and a later call resumes it where the server allows.
+    """
+    part = partial or dest.with_name(dest.name + ".part")
     try:
-        with open(part, "wb") as out:
-            if scheme in ("http", "https"):
-                _download(url, out, digest)
-            else:
-                _copy_local(Path(url.removeprefix("file://")), out, digest)
-        got = digest.hexdigest()
+        if urlparse(url).scheme in ("http", "https"):
+            _download(url, part)
+        else:
+            _copy_local(Path(url.removeprefix("file://")), part)
+        got = file_sha256(part)
         if got != sha256:
             raise BuildFailed(f"sha256 mismatch for {url}: expected {sha256}, got {got}",
                               hint="check the URL, then put the right digest in the recipe or base")
         os.replace(part, dest)
-    finally:
-        part.unlink(missing_ok=True)
+    except BuildFailed:
+        part.unlink(missing_ok=True)   # what did not verify is never kept, not even to resume
+        raise
 
 
-def _copy_local(path: Path, out, digest) -> None:
+def _copy_local(path: Path, part: Path) -> None:
     try:
-        src = open(path, "rb")
+        shutil.copyfile(path, part)
     except OSError as err:
         raise InputError(f"cannot read {path}: {err.strerror}", hint="fix the path") from None
-    with src:
-        while chunk := src.read(1 << 20):
-            digest.update(chunk)
-            out.write(chunk)
 
 
-def _download(url: str, out, digest) -> None:
+def _download(url: str, part: Path) -> None:
+    """Download url into part: retried with backoff, resumed from what part already holds."""
     import requests  # only a cold run downloads: keep the import off the cached path
     from requests.adapters import HTTPAdapter
     from urllib3.util import Retry
 
     session = requests.Session()
+    # 429 and 5xx answers are retried by urllib3; a connection cut mid-body is retried below.
     retry = Retry(total=5, backoff_factor=0.5, status_forcelist=(429, 500, 502, 503, 504),
-                  allowed_methods=("GET",))
+                  allowed_methods=("GET",), raise_on_status=False)
     session.mount("http://", HTTPAdapter(max_retries=retry))
     session.mount("https://", HTTPAdapter(max_retries=retry))
-    try:
+    show = sys.stderr.isatty() and not log.quiet
+    for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+        have = part.stat().st_size if part.exists() else 0
         # identity: requests would otherwise undo a gzip transfer encoding and change what we hash.
-        with session.get(url, stream=True, timeout=(10, 60),
-                         headers={"Accept-Encoding": "identity"}) as response:
-            response.raise_for_status()
-            total = int(response.headers.get("Content-Length") or 0)
-            done = 0
-            show = sys.stderr.isatty() and not log.quiet
-            for chunk in response.iter_content(CHUNK):
-                digest.update(chunk)
-                out.write(chunk)
-                done += len(chunk)
+        headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={have}-"} if have else {})}
+        try:
+            with session.get(url, stream=True, timeout=(10, 60), headers=headers) as response:
+                if response.status_code == 416:        # asked past the end: we have it all
+                    return
+                if 400 <= response.status_code < 500:
+                    raise InputError(f"could not download {url}: HTTP {response.status_code} {response.reason}",
+                                     hint="check the URL")
+                if response.status_code >= 400:   # urllib3 has retried these already, with backoff
+                    raise BuildFailed(f"could not download {url}: HTTP {response.status_code} {response.reason}"
+                                      f" after {retry.total} retries",
+                                      hint="check the URL and the server, then run again (it resumes)")
+                resumed = have and response.status_code == 206
+                total = int(response.headers.get("Content-Length") or 0) + (have if resumed else 0)
+                done = have if resumed else 0
+                with open(part, "ab" if resumed else "wb") as out:
+                    for chunk in response.iter_content(CHUNK):
+                        out.write(chunk)
+                        done += len(chunk)
+                        if show and total:
+                            print(f"\r    {url}: {done * 100 // total}% of {total >> 20} MiB",
+                                  end="", file=sys.stderr, flush=True)
                 if show and total:
-                    print(f"\r    {url}: {done * 100 // total}% of {total >> 20} MiB",
-                          end="", file=sys.stderr, flush=True)
-            if show and total:
-                print(file=sys.stderr)
-    except requests.RequestException as err:
-        raise BuildFailed(f"could not download {url}: {err}",
-                          hint="check the URL and the network, then run again") from None
+                    print(file=sys.stderr)
+                if total and done < total:
+                    raise requests.ConnectionError(f"the body ended after {done} of {total} bytes")
+                return
+        except requests.RequestException as err:
+            if attempt == DOWNLOAD_ATTEMPTS:
+                raise BuildFailed(f"could not download {url} after {attempt} attempts: {err}",
+                                  hint="check the URL and the network, then run again (it resumes)") from None
+            time.sleep(min(0.5 * 2 ** attempt, 8))
 
 
 def make_bootstrap(spec: BootstrapSet, dest: Path, logfile: Path) -> None:

@@ -40,7 +40,7 @@ def _git(box: Box, args: list[str], *, what: str, log: Path | None = None, captu
                    capture=capture, network=True)
 
 
-def resolve_git(store: Store, layers: list[Path], source: GitSource) -> str:
+def resolve_git(store: Store, layers: list[Path], source: GitSource, *, where: str) -> str:
     """The commit a branch, tag or commit names, asked of the repository from inside a box."""
     if COMMIT_RE.fullmatch(source.ref):
         return source.ref
@@ -52,7 +52,7 @@ def resolve_git(store: Store, layers: list[Path], source: GitSource) -> str:
                            what=f"git ls-remote {source.url}", capture=True)
         except BuildFailed as err:
             reason = next((line for line in err.tail.splitlines() if line.startswith("fatal:")), err.tail.strip())
-            raise InputError(f"cannot read the git repository {source.url}: {reason}",
+            raise InputError(f"cannot read the git repository {source.url}: {reason}", where=where,
                              hint="check [source] git in the recipe and the network") from None
     refs: dict[str, str] = {}
     for line in listing.splitlines():
@@ -62,7 +62,7 @@ def resolve_git(store: Store, layers: list[Path], source: GitSource) -> str:
                  f"refs/tags/{source.ref}", f"refs/heads/{source.ref}"):
         if name in refs:
             return refs[name]
-    raise InputError(f"git ref '{source.ref}' does not exist in {source.url}",
+    raise InputError(f"git ref '{source.ref}' does not exist in {source.url}", where=where,
                      hint="name an existing branch, tag or full commit in [source] ref")
 
 
@@ -88,7 +88,7 @@ def _from_tarball(store: Store, source: UrlSource, entry: Path) -> None:
 def ensure_download(store: Store, url: str, sha256: str) -> Path:
     """A verified download in the cache, kept by its sha256 and shared by sets and sources."""
     def fetch(tmp: Path) -> None:
-        fetch_verified(url, sha256, tmp / "file")
+        fetch_verified(url, sha256, tmp / "file", partial=tmp.parent / f".part-{sha256}")
     return store.ensure("downloads", sha256, fetch) / "file"
 
 

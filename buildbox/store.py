@@ -3,16 +3,18 @@ buildbox processes share one cache."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 # Bump when what a stage puts in its entry changes, so that old entries are not taken for new ones.
 FORMAT = 1
@@ -43,7 +45,28 @@ class Store:
         return self.root / kind / key
 
     def has(self, kind: str, key: str) -> bool:
-        return self.entry(kind, key).is_dir()
+        """Whether the entry is there; a hit counts as a use, for gc's least-recently-used order."""
+        entry = self.entry(kind, key)
+        try:
+            os.utime(entry)
+        except FileNotFoundError:
+            return False
+        return True
+
+    @contextlib.contextmanager
+    def in_use(self, *, exclusive: bool = False) -> Iterator[None]:
+        """Held shared by every run, exclusive by gc and clean: they never remove what a run uses."""
+        path = self.root / "locks" / "in-use.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as handle:
+            mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+            try:
+                fcntl.flock(handle, mode | fcntl.LOCK_NB)
+            except BlockingIOError:
+                from buildbox import log
+                log.say("buildbox: waiting for the builds running on this cache to finish")
+                fcntl.flock(handle, mode)
+            yield
 
     def lock(self, name: str) -> FileLock:
         """A lock held across processes; the kernel drops it when its holder dies, even by SIGKILL."""
@@ -59,7 +82,7 @@ class Store:
         processes wanting the same entry: one makes it, the other waits and then reuses it.
         """
         final = self.entry(kind, key)
-        if final.is_dir():
+        if self.has(kind, key):
             return final
         with self.lock(f"{kind}-{key}"):
             if final.is_dir():
@@ -74,11 +97,47 @@ class Store:
                 raise
         return final
 
+    def remove_stale_tmp(self) -> list[Path]:
+        """Remove half-made entries of runs that died: their entry's lock is free again."""
+        removed = []
+        for tmp in sorted(self.root.glob("*/.tmp-*")):
+            kind, key = tmp.parent.name, tmp.name.split("-")[1]
+            lock = self.lock(f"{kind}-{key}")
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                continue
+            try:
+                remove_tree(tmp)
+                removed.append(tmp)
+            finally:
+                lock.release()
+        return removed
+
     def dir(self, name: str) -> Path:
         """A working directory of the cache (debs, logs, boxes), made on first use."""
         path = self.root / name
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+
+KINDS = ("downloads", "bootstraps", "bases", "layers", "sources", "builds")
+
+
+def tree_size(path: Path) -> int:
+    """Bytes a tree takes on disk (hard links counted once)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for folder, dirs, files in os.walk(path):
+        for name in (*dirs, *files):
+            try:
+                st = os.lstat(os.path.join(folder, name))
+            except FileNotFoundError:
+                continue
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_blocks * 512
+    return total
 
 
 def read_meta(entry: Path) -> dict[str, Any]:

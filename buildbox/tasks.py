@@ -20,7 +20,7 @@ from doit.reporter import ConsoleReporter
 from buildbox import log
 from buildbox.base import BUILDER, make_base
 from buildbox.box import SANDBOX_VERSION
-from buildbox.errors import BuildboxError, Interrupted
+from buildbox.errors import BuildboxError, BuildFailed, Interrupted
 from buildbox.recipe import Base, BootstrapSet, DebianSource, GitSource, Recipe, Set, TarballSet, UrlSource
 from buildbox.store import Store, content_key, read_meta, write_meta
 
@@ -59,7 +59,8 @@ class Planner:
         if isinstance(spec, TarballSet):
             return spec.sha256
         from buildbox.sets import BOOTSTRAP_EPOCH
-        return content_key("bootstrap", {**dataclasses.asdict(spec), "epoch": BOOTSTRAP_EPOCH})
+        return content_key("bootstrap", {"suite": spec.suite, "mirror": spec.mirror, "variant": spec.variant,
+                                         "packages": list(spec.packages), "epoch": BOOTSTRAP_EPOCH})
 
     def base_key(self, base: Base) -> str:
         return content_key("base", {"sets": [self.set_key(s) for s in base.sets],
@@ -76,7 +77,8 @@ class Planner:
             return None
         from buildbox.source import resolve_git
         return self._remember("commit", recipe.name,
-                              lambda: resolve_git(self.store, self.lower_layers(recipe), source))
+                              lambda: resolve_git(self.store, self.lower_layers(recipe), source,
+                                                  where=recipe.at("source")))
 
     def source_key(self, recipe: Recipe) -> str:
         source = recipe.source
@@ -128,8 +130,13 @@ class Planner:
 
         def bootstrap(tmp: Path) -> None:
             with log.step(f"Bootstrapping Debian {spec.suite} ({spec.variant}) with mmdebstrap"):
-                make_bootstrap(spec, tmp / "file", self.logfile("bootstrap", key[:12]))
-            write_meta(tmp, {"sha256": file_sha256(tmp / "file"), **dataclasses.asdict(spec)})
+                try:
+                    make_bootstrap(spec, tmp / "file", self.logfile("bootstrap", key[:12]))
+                except BuildFailed as err:
+                    from buildbox.packages import explain_apt_failure
+                    raise explain_apt_failure(err, spec.where) from None
+            write_meta(tmp, {"sha256": file_sha256(tmp / "file"), "suite": spec.suite, "mirror": spec.mirror,
+                             "variant": spec.variant, "packages": list(spec.packages)})
         self.store.ensure("bootstraps", key, bootstrap)
 
     def set_tarball(self, spec: Set) -> Path:
@@ -143,29 +150,36 @@ class Planner:
     def make_base(self, base: Base) -> None:
         def make(tmp: Path) -> None:
             with log.step(f"Making the base {base.name} from {len(base.sets)} set(s)"):
-                make_base(tmp / "root", [(f"set {i + 1} of {base.path}", self.set_tarball(s))
+                make_base(tmp / "root", [(f"{s.where}: set {i + 1}", self.set_tarball(s))
                                          for i, s in enumerate(base.sets)])
             write_meta(tmp, {"base": base.name, "sets": [self.set_digest(s) for s in base.sets]})
         self.store.ensure("bases", self.base_key(base), make)
 
     def make_layer(self, recipe: Recipe) -> None:
-        from buildbox.packages import make_layer
+        from buildbox.packages import explain_apt_failure, make_layer
         key = self.layer_key(recipe)
 
         def make(tmp: Path) -> None:
             what = ", ".join(recipe.install + tuple(f"build-deps of {p}" for p in recipe.build_deps)) or "nothing"
             with log.step(f"Installing packages into a layer ({what})"):
-                make_layer(self.store, [self.base_root(recipe)], recipe.install, recipe.build_deps,
-                           tmp, self.logfile(recipe.name, "packages"))
+                try:
+                    make_layer(self.store, [self.base_root(recipe)], recipe.install, recipe.build_deps,
+                               tmp, self.logfile(recipe.name, "packages"))
+                except BuildFailed as err:
+                    raise explain_apt_failure(err, recipe.at("packages")) from None
         self.store.ensure("layers", key, make)
 
     def make_source(self, recipe: Recipe) -> None:
+        from buildbox.packages import explain_apt_failure
         from buildbox.source import make_source
 
         def make(tmp: Path) -> None:
             with log.step(f"Fetching the source of {recipe.name}"):
-                make_source(self.store, self.lower_layers(recipe), recipe.source, self.commit(recipe), tmp,
-                            self.logfile(recipe.name, "source"))
+                try:
+                    make_source(self.store, self.lower_layers(recipe), recipe.source, self.commit(recipe), tmp,
+                                self.logfile(recipe.name, "source"))
+                except BuildFailed as err:
+                    raise explain_apt_failure(err, recipe.at("source")) from None
         self.store.ensure("sources", self.source_key(recipe), make)
 
     def make_build(self, recipe: Recipe) -> None:
@@ -184,7 +198,14 @@ class Planner:
         layer = read_meta(self.store.entry("layers", self.layer_key(recipe)))
         source = read_meta(self.store.entry("sources", self.source_key(recipe)))
         return {"key": key, "base": recipe.base.name, "sets": [self.set_digest(s) for s in recipe.base.sets],
-                "packages": layer["packages"], "source": source}
+                "packages": layer["packages"], "source": source,
+                # What this build stands on, by cache entry: gc keeps these while it keeps the build.
+                "entries": {"builds": [key], "layers": [self.layer_key(recipe)],
+                            "sources": [self.source_key(recipe)], "bases": [self.base_key(recipe.base)],
+                            "downloads": [self.set_key(s) for s in recipe.base.sets if isinstance(s, TarballSet)]
+                            + ([recipe.source.sha256] if isinstance(recipe.source, UrlSource) else []),
+                            "bootstraps": [self.set_key(s) for s in recipe.base.sets
+                                           if isinstance(s, BootstrapSet)]}}
 
     def install_out(self, recipe: Recipe) -> None:
         from buildbox.build import install_out
@@ -280,8 +301,12 @@ class Planner:
     def run(self, jobs: int = 1) -> None:
         """Bring every recipe's out/ up to date; raise the first failure when any stage failed."""
         self.store.root.mkdir(parents=True, exist_ok=True)
+        from buildbox.box import reap_dead_boxes
+        for path in [*reap_dead_boxes(self.store), *self.store.remove_stale_tmp()]:
+            log.say(f"buildbox: removed {path}, left by a run that died")
         argv = ["run", "--continue", "-n", str(jobs), "-P", "thread", *(f"out:{r.name}" for r in self.recipes)]
-        code = DoitMain(ModuleTaskLoader(self.namespace()), config_filenames=()).run(argv)
+        with self.store.in_use():
+            code = DoitMain(ModuleTaskLoader(self.namespace()), config_filenames=()).run(argv)
         if self.failures:
             interrupted = [err for _, err in self.failures if isinstance(err, Interrupted)]
             raise interrupted[0] if interrupted else self.failures[0][1]

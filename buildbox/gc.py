@@ -1,0 +1,83 @@
+"""Cache upkeep: gc (unreferenced and old entries, least recently used first) and clean."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from buildbox.box import reap_dead_boxes
+from buildbox.store import KINDS, Store, remove_tree, tree_size
+
+
+@dataclass
+class Entry:
+    kind: str
+    path: Path
+    used: float        # last use (the entry's mtime, touched on every cache hit)
+    size: int
+
+
+def entries(store: Store) -> list[Entry]:
+    found = []
+    for kind in KINDS:
+        folder = store.root / kind
+        for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if path.is_dir() and not path.name.startswith("."):
+                found.append(Entry(kind, path, path.stat().st_mtime, tree_size(path)))
+    return found
+
+
+def referenced(store: Store) -> set[Path]:
+    """The newest build of each recipe, and every entry it stands on."""
+    newest: dict[str, tuple[float, dict]] = {}
+    for manifest in (store.root / "builds").glob("*/manifest.json"):
+        data = json.loads(manifest.read_text())
+        used = manifest.parent.stat().st_mtime
+        if data["recipe"] not in newest or used > newest[data["recipe"]][0]:
+            newest[data["recipe"]] = (used, data)
+    keep = set()
+    for _, data in newest.values():
+        for kind, keys in data["inputs"].get("entries", {}).items():
+            keep.update(store.entry(kind, key) for key in keys)
+    return keep
+
+
+def gc(store: Store, *, max_size: int | None = None, older_than: float | None = None) -> list[Entry]:
+    """Remove what no newest build uses, then what is older than older_than, then the least
+    recently used until the cache fits max_size. Waits for running builds first."""
+    removed: list[Entry] = []
+    with store.in_use(exclusive=True):
+        reap_dead_boxes(store)
+        store.remove_stale_tmp()
+        keep = referenced(store)
+        alive = []
+        for entry in entries(store):
+            # A set nobody references may still be wanted soon (a tarball set is slow to fetch):
+            # unreferenced sets go only by age or size, like everything else.
+            if entry.path not in keep and entry.kind not in ("downloads", "bootstraps"):
+                removed.append(entry)
+            elif older_than is not None and time.time() - entry.used > older_than:
+                removed.append(entry)
+            else:
+                alive.append(entry)
+        if max_size is not None:
+            alive.sort(key=lambda e: e.used)
+            total = sum(e.size for e in alive)
+            while alive and total > max_size:
+                entry = alive.pop(0)
+                total -= entry.size
+                removed.append(entry)
+        for entry in removed:
+            remove_tree(entry.path)
+    return removed
+
+
+def clean(store: Store) -> None:
+    """Remove everything but the downloaded and bootstrapped sets."""
+    with store.in_use(exclusive=True):
+        reap_dead_boxes(store)
+        for name in ("bases", "layers", "sources", "builds", "debs", "logs", "doit.sqlite3"):
+            remove_tree(store.root / name)
+        store.remove_stale_tmp()
