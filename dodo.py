@@ -19,4 +19,9 @@ except BuildboxError as err:
 
 _planner = Planner(Store(Path(os.environ.get("BUILDBOX_CACHE", _HERE / "cache"))), _recipes, _HERE / "out",
                    report_failures=True)
+# Held while doit runs (released when it exits): `buildbox gc` never removes what these tasks use.
+_planner.store.root.mkdir(parents=True, exist_ok=True)
+_in_use = _planner.store.in_use()
+_in_use.__enter__()
+_planner.reap()
 globals().update(_planner.namespace())

@@ -41,7 +41,6 @@ class Planner:
         self.keep = keep
         self.stream = stream
         self.failures: list[tuple[str, BuildboxError]] = []
-        self.executed: list[str] = []
         self._memo: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
 
@@ -225,7 +224,6 @@ class Planner:
                 if self.report_failures:
                     log.error(err)
                 return TaskFailed(str(err), report=False)
-            self.executed.append(name)
             return True
         return action
 
@@ -298,12 +296,16 @@ class Planner:
                                 "verbosity": 2, "reporter": Reporter, "continue": True,
                                 "default_tasks": [f"out:{r.name}" for r in self.recipes]}}
 
-    def run(self, jobs: int = 1) -> None:
-        """Bring every recipe's out/ up to date; raise the first failure when any stage failed."""
+    def reap(self) -> None:
+        """Remove the boxes and half-made entries of runs that died."""
         self.store.root.mkdir(parents=True, exist_ok=True)
         from buildbox.box import reap_dead_boxes
         for path in [*reap_dead_boxes(self.store), *self.store.remove_stale_tmp()]:
             log.say(f"buildbox: removed {path}, left by a run that died")
+
+    def run(self, jobs: int = 1) -> None:
+        """Bring every recipe's out/ up to date; raise the first failure when any stage failed."""
+        self.reap()
         argv = ["run", "--continue", "-n", str(jobs), "-P", "thread", *(f"out:{r.name}" for r in self.recipes)]
         with self.store.in_use():
             code = DoitMain(ModuleTaskLoader(self.namespace()), config_filenames=()).run(argv)

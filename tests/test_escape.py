@@ -57,7 +57,7 @@ set-clock              perl -e 'exit(syscall(164, pack("qq", 0, 0), 0) == -1 ? 1
 host-devices           sh -c 'test -e /dev/sda || test -e /dev/vda || test -e /dev/mem || test -e /dev/kmsg'
 fill-disk              dd if=/dev/zero of=big bs=1M count=64
 fill-memory            perl -e '$x = "a" x (1536 * 1024 * 1024); exit 0'
-fork-bomb              sh -c 'n=0; while [ $n -lt 200 ]; do sleep 31 & n=$((n+1)); done; exit 0'
+fork-bomb              sh -c 'n=0; while [ $n -lt 200 ]; do sleep 3605 & n=$((n+1)); done; exit 0'
 """
 
 # Controls: what must work in the box, so that a refusal above is the box's doing and not a
@@ -85,9 +85,9 @@ control() {
                 for line in CONTROLS.strip().splitlines()) + "\n" + "\n".join(f"attempt {line.split(None, 1)[0]} {line.split(None, 1)[1]}"
                 for line in ATTEMPTS.strip().splitlines()) + r"""
 # Clear the fork bomb's sleepers before the next attempts (the box would kill them at its end anyway).
-for d in /proc/[0-9]*; do [ "$(tr '\0' ' ' < $d/cmdline 2>/dev/null)" = "sleep 31 " ] && kill ${d#/proc/} 2>/dev/null; done
+for d in /proc/[0-9]*; do [ "$(tr '\0' ' ' < $d/cmdline 2>/dev/null)" = "sleep 3605 " ] && kill ${d#/proc/} 2>/dev/null; done
 # Left behind on purpose: it must die with the box.
-setsid sleep 1234 >/dev/null 2>&1 &
+setsid sleep 3604 >/dev/null 2>&1 &
 # Written outside $OUT: it must not reach the host.
 echo leak > /build/leak
 echo leak > "$HOME/leak"
@@ -159,7 +159,7 @@ def test_every_way_out_of_the_box_is_refused_and_the_host_is_untouched(workspace
     assert server.connections == 0
     assert socket.gethostname() == hostname
     assert sorted(p.name for p in out.iterdir()) == ["controls", "manifest.json", "results"]
-    for leftover in ("sleep 1234", "sleep 31"):
+    for leftover in ("sleep 3604", "sleep 3605"):
         assert subprocess.run(["pgrep", "-f", leftover], capture_output=True).returncode == 1, leftover
     assert mounts_under(workspace.cache) == []
     isolation = json.loads((out / "manifest.json").read_text())["isolation"]
@@ -183,8 +183,8 @@ def test_a_recipe_can_ask_for_the_network_and_says_so(workspace: Workspace, tmp_
 
 
 @pytest.mark.parametrize("limits,script,words", [
-    ('timeout = "3s"', "sleep 60", "wall-clock limit ([limits] timeout = 3s)"),
-    ('silence = "2s"', "echo started; sleep 60", "printed nothing for 2s ([limits] silence)"),
+    ('timeout = "3s"', "sleep 3601", "wall-clock limit ([limits] timeout = 3s)"),
+    ('silence = "2s"', "echo started; sleep 3601", "printed nothing for 2s ([limits] silence)"),
     ('cpu = "1s"', "while :; do :; done", "CPU time limit ([limits] cpu = 1)"),
     ('file-size = "1M"', 'dd if=/dev/zero of="$OUT/big" bs=1M count=8', "file size limit ([limits] file-size = 1048576)"),
     ('memory = "256M"', "perl -e '$x = \"a\" x (512 * 1024 * 1024)'", "memory limit ([limits] memory = 268435456)"),
@@ -196,4 +196,4 @@ def test_a_build_past_a_limit_fails_naming_the_limit(workspace: Workspace, limit
     result = workspace.buildbox("run", recipe, "-q", check=1)
     assert words in result.stderr.splitlines()[-1], result.stderr[-2000:]
     assert mounts_under(workspace.cache) == []
-    assert subprocess.run(["pgrep", "-f", "sleep 60"], capture_output=True).returncode == 1
+    assert subprocess.run(["pgrep", "-f", "sleep 3601"], capture_output=True).returncode == 1

@@ -29,7 +29,7 @@ def shell_recipe(ws: Workspace, name: str, script: str) -> Path:
 
 
 def test_ctrl_c_during_a_build_stops_it_kills_its_processes_and_undoes_every_mount(workspace: Workspace) -> None:
-    recipe = shell_recipe(workspace, "sleepy", 'echo "now sleeping"\nsleep 313\n')
+    recipe = shell_recipe(workspace, "sleepy", 'echo "now sleeping"\nsleep 3603\n')
     proc = subprocess.Popen([sys.executable, "-m", "buildbox", "run", str(recipe), "--cache", str(workspace.cache)],
                             cwd=workspace.root, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
@@ -48,7 +48,7 @@ def test_ctrl_c_during_a_build_stops_it_kills_its_processes_and_undoes_every_mou
     assert "interrupted" in rest
     assert mounts_under(workspace.cache) == []
     assert list((workspace.cache / "boxes").iterdir()) == []
-    assert subprocess.run(["pgrep", "-f", "sleep 313"], capture_output=True).returncode == 1, "build process left"
+    assert subprocess.run(["pgrep", "-f", "sleep 3603"], capture_output=True).returncode == 1, "build process left"
     assert not list((workspace.cache / "builds").glob(".tmp-*")), "half an entry was left"
 
 

@@ -126,11 +126,11 @@ def test_kill_9_during_a_download_then_the_next_run_resumes_it(workspace: Worksp
 
 
 def test_kill_9_during_a_build_leaves_nothing_and_the_next_run_cleans_up_and_succeeds(workspace: Workspace) -> None:
-    recipe = shell_recipe(workspace, "killed", 'echo "building now"\nsleep 300\n')
+    recipe = shell_recipe(workspace, "killed", 'echo "building now"\nsleep 3602\n')
     kill_when(start(workspace, recipe), "building now", delay=0.5)
-    assert subprocess.run(["pgrep", "-f", "sleep 300"], capture_output=True).returncode == 1, \
+    assert subprocess.run(["pgrep", "-f", "sleep 3602"], capture_output=True).returncode == 1, \
         "the build must die with buildbox"
-    recipe.write_text(recipe.read_text().replace("sleep 300", 'echo done > "$OUT/done"'))
+    recipe.write_text(recipe.read_text().replace("sleep 3602", 'echo done > "$OUT/done"'))
     result = workspace.buildbox("run", recipe, "-q")
     assert "left by a run that died" in result.stderr
     verify_cache(workspace.cache)
@@ -314,3 +314,38 @@ def test_bad_input_is_one_line_naming_file_and_line_with_status_2_and_writes_not
     assert not [p for p in after - before if p.parent.name == "builds"], "a bad recipe must not be built"
     assert not (workspace.root / "out" / "bad").exists()
     verify_cache(workspace.cache) if workspace.cache.exists() else None
+
+
+def test_gc_removes_superseded_builds_and_clean_keeps_only_the_sets(workspace: Workspace, tmp_path: Path) -> None:
+    # A cache of its own, seeded with the session's bootstrap so that no second bootstrap is needed.
+    own = Workspace(tmp_path / "gcws", tmp_path / "gccache")
+    shared = next((workspace.cache / "bootstraps").glob("[!.]*"), None)
+    if shared:
+        shutil.copytree(shared, own.cache / "bootstraps" / shared.name)
+    recipe = shell_recipe(own, "gced", 'echo one > "$OUT/v"')
+    own.buildbox("run", recipe, "-q")
+    old = {p.name for p in (own.cache / "builds").iterdir()}
+    recipe.write_text(recipe.read_text().replace("echo one", "echo two"))
+    own.buildbox("run", recipe, "-q")
+    assert len(list((own.cache / "builds").iterdir())) == 2
+
+    result = subprocess.run([sys.executable, "-m", "buildbox", "gc", "--cache", str(own.cache)], cwd=own.root,
+                            capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert result.returncode == 0, result.stderr
+    remaining = {p.name for p in (own.cache / "builds").iterdir()}
+    assert len(remaining) == 1 and not remaining & old, "the superseded build goes, the newest stays"
+    assert own.buildbox("run", recipe, "-q").stderr.count("-->") == 0, "gc kept everything the newest build needs"
+
+    def buildbox(*args: str) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([sys.executable, "-m", "buildbox", *args, "--cache", str(own.cache)], cwd=own.root,
+                                capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+        assert result.returncode == 0, result.stderr
+        return result
+
+    buildbox("clean")
+    assert {p.name for p in own.cache.iterdir()} <= {"bootstraps", "downloads", "locks", "boxes"}
+    assert list((own.cache / "downloads").iterdir()) and list((own.cache / "bootstraps").iterdir())
+
+    assert "removed downloads/" in buildbox("gc", "--max-size", "1K").stdout
+    assert not list((own.cache / "downloads").iterdir()) and not list((own.cache / "bootstraps").iterdir())
+    verify_cache(own.cache)
