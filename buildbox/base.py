@@ -7,7 +7,6 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from buildbox.sets import extract
 
 BUILD_DIR = "/build"            # the source goes to /build/src, artifacts to $OUT=/build/out
 HOSTS = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\tbuildbox\n"
@@ -45,6 +44,7 @@ BUILDER = BuildUser("builder", 1000, 1000)
 
 def make_base(root: Path, set_tarballs: list[tuple[str, Path]], user: BuildUser = BUILDER) -> None:
     """Unpack the sets into root, in order, then configure it for building."""
+    from buildbox.sets import extract   # tarfile and friends: not on the cached path
     root.mkdir()
     for label, tarball in set_tarballs:
         extract(tarball, root, what=label)

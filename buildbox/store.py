@@ -12,9 +12,11 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from filelock import FileLock, Timeout
+if TYPE_CHECKING:
+    from filelock import FileLock
+
 
 # Bump when what a stage puts in its entry changes, so that old entries are not taken for new ones.
 FORMAT = 1
@@ -70,6 +72,7 @@ class Store:
 
     def lock(self, name: str) -> FileLock:
         """A lock held across processes; the kernel drops it when its holder dies, even by SIGKILL."""
+        from filelock import FileLock   # 30 ms of imports, needed only when something is made
         locks = self.root / "locks"
         locks.mkdir(parents=True, exist_ok=True)
         return FileLock(str(locks / f"{name}.lock"))
@@ -99,6 +102,7 @@ class Store:
 
     def remove_stale_tmp(self) -> list[Path]:
         """Remove half-made entries of runs that died: their entry's lock is free again."""
+        from filelock import Timeout
         removed = []
         for tmp in sorted(self.root.glob("*/.tmp-*")):
             kind, key = tmp.parent.name, tmp.name.split("-")[1]
