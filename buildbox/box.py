@@ -152,7 +152,7 @@ class Box:
             env: Mapping[str, str] | None = None, cwd: str = "/", log: Path | None = None,
             stream: bool = False, capture: bool = False, network: bool = False,
             limits: Mapping[str, int] | None = None, timeout: float | None = None,
-            silence: float | None = None) -> str:
+            silence: float | None = None, interactive: bool = False) -> str:
         """Run argv inside the box, in fresh namespaces, with exactly env (root's PATH if none),
         as user "UID:GID" or root; without a network unless asked for one."""
         plan = {"root": str(self.root), "cwd": cwd, "argv": list(argv), "env": dict(env or {"PATH": ROOT_PATH}),
@@ -163,7 +163,7 @@ class Box:
                    "--fork", "--kill-child", "--propagation", "private",
                    "--", sys.executable, "-I", str(ENTER), json.dumps(plan)]
         return run(command, what=what, log=log, stream=stream, capture=capture, timeout=timeout,
-                   silence=silence)
+                   silence=silence, interactive=interactive)
 
     def describe(self) -> str:
         return f"{self.dir} (chroot {self.root}; upper layer {self.upper})"

@@ -7,10 +7,11 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
-from buildbox import log
+from buildbox import __version__, log
 from buildbox.base import BUILD_DIR, BUILDER
 from buildbox.box import NAMESPACES, Box, resolve_in_root
 from buildbox.errors import BuildFailed, InputError
@@ -39,6 +40,7 @@ def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, in
     """Build in a fresh box, check the artifacts, and fill entry/ with them and their manifest."""
     files = entry / "files"
     files.mkdir()
+    started = _now()
     network = ("network: on for the build ([build] network = true)" if recipe.network
                else "network: off for the build (loopback only)")
     log.note(network)
@@ -69,16 +71,24 @@ def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, in
         check_in_box(box, artifacts)
     facts = verify_on_host(recipe, files)
     run_verify_commands(recipe, files, logfile)
+    digests = {rel: file_sha256(files / rel) for rel in sorted(artifacts)}
     manifest = {
         "recipe": recipe.name,
+        # Close to SLSA provenance: what was made (subject), from what (materials), by what, when.
+        "provenance": {
+            "builder": {"id": "buildbox", "version": __version__, "host_kernel": os.uname().release},
+            "started": started, "finished": _now(),
+            "subject": [{"name": rel, "digest": {"sha256": digest}} for rel, digest in digests.items()],
+            "materials": inputs["materials"],
+        },
         "key": inputs["key"],
-        "inputs": {k: v for k, v in inputs.items() if k != "key"},
+        "inputs": {k: v for k, v in inputs.items() if k not in ("key", "materials")},
         "isolation": {"user": f"{BUILDER.name} ({BUILDER.spec})", "network": recipe.network,
                       "namespaces": [*NAMESPACES, *([] if recipe.network else ["net"])],
                       "no_new_privs": True, "capabilities": [], "seccomp": os.uname().machine == "x86_64",
                       "limits": {**recipe.limits.rlimits(), "timeout": recipe.limits.timeout,
                                  "silence": recipe.limits.silence}},
-        "artifacts": {rel: {"sha256": file_sha256(files / rel), "size": (files / rel).stat().st_size,
+        "artifacts": {rel: {"sha256": digests[rel], "size": (files / rel).stat().st_size,
                             **facts.get(rel, {})}
                       for rel in sorted(artifacts)},
     }
@@ -109,6 +119,10 @@ def name_the_limit(err: BuildFailed, recipe: Recipe) -> BuildFailed:
                                hint=f"raise [limits] {key} in {recipe.path} if the build needs more",
                                tail=err.tail)
     return err
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def collect(root: Path, box_dir: str) -> dict[str, Path]:

@@ -51,13 +51,20 @@ def parser() -> argparse.ArgumentParser:
     common(collector)
     cleaner = commands.add_parser("clean", help="remove everything but downloaded sets")
     common(cleaner)
+
+    shell = commands.add_parser("shell", help="a shell in a clone of the recipe's prepared box")
+    shell.add_argument("recipe", type=Path, metavar="RECIPE")
+    shell.add_argument("--root", action="store_true", help="as root instead of the build user")
+    shell.add_argument("--keep", action="store_true", help="leave the box when the shell exits")
+    common(shell)
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        command = {"run": cmd_run, "list": cmd_list, "gc": cmd_gc, "clean": cmd_clean}[args.command]
+        command = {"run": cmd_run, "list": cmd_list, "gc": cmd_gc, "clean": cmd_clean,
+                   "shell": cmd_shell}[args.command]
         return command(args)
     except BuildboxError as err:
         if args.debug:
@@ -176,6 +183,35 @@ def cmd_clean(args: argparse.Namespace) -> int:
     _need_root()
     clean(Store(args.cache))
     print(f"clean: {args.cache} holds only the downloaded sets now")
+    return 0
+
+
+def cmd_shell(args: argparse.Namespace) -> int:
+    """Packages installed and source in place, as for the build; the shell's exit is ours."""
+    from buildbox.base import BUILDER
+    from buildbox.box import Box
+    from buildbox.build import build_env
+    from buildbox.store import Store
+    from buildbox.tasks import Planner
+
+    [recipe] = _load([args.recipe])
+    _need_root()
+    log.quiet = True
+    planner = Planner(Store(args.cache), [recipe], Path("out"), stream=False)
+    planner.run(stage="source")
+    layers = [planner.store.entry("sources", planner.source_key(recipe)), *planner.lower_layers(recipe)]
+    env = build_env(recipe)
+    env.update({"PS1": f"{recipe.name}:\\w \\$ ", "TERM": os.environ.get("TERM", "xterm")})
+    if args.root:
+        env.update({"HOME": "/root", "USER": "root", "LOGNAME": "root",
+                    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"})
+    # Ctrl-C belongs to the shell inside, not to buildbox.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with Box(planner.store, layers, label=f"shell-{recipe.name}", keep=args.keep) as box:
+        box.run(["bash", "--norc", "--noprofile", "-i"], what=f"a shell in {recipe.name}",
+                user=None if args.root else BUILDER.spec, env=env,
+                cwd=env["HOME"], network=recipe.network,
+                limits=recipe.limits.rlimits(), interactive=True)
     return 0
 
 

@@ -26,7 +26,7 @@ _interrupted = threading.Event()
 def run(argv: Sequence[str], *, what: str, env: Mapping[str, str] | None = None,
         cwd: Path | None = None, log: Path | None = None, stream: bool = False,
         capture: bool = False, cleanup: bool = False, timeout: float | None = None,
-        silence: float | None = None) -> str:
+        silence: float | None = None, interactive: bool = False) -> str:
     """Run argv to the end; return its stdout when capture is set; raise BuildFailed with the output's tail.
 
     Once interrupted, only cleanup commands (unmounting) still start.
@@ -34,6 +34,9 @@ def run(argv: Sequence[str], *, what: str, env: Mapping[str, str] | None = None,
     argv = [str(a) for a in argv]
     if _interrupted.is_set() and not cleanup:
         raise Interrupted(f"interrupted before {what}")
+    if interactive:
+        # A person at the terminal: the command gets it (stdin included) and the exit is theirs.
+        return str(subprocess.run(argv, env=dict(env) if env is not None else None, cwd=cwd).returncode)
     # A session of its own, so that Ctrl-C reaches buildbox alone and buildbox decides how the
     # command's whole process group is stopped (before the mounts under it are undone).
     proc = subprocess.Popen(argv, env=dict(env) if env is not None else None, cwd=cwd,

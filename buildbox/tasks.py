@@ -197,7 +197,7 @@ class Planner:
         layer = read_meta(self.store.entry("layers", self.layer_key(recipe)))
         source = read_meta(self.store.entry("sources", self.source_key(recipe)))
         return {"key": key, "base": recipe.base.name, "sets": [self.set_digest(s) for s in recipe.base.sets],
-                "packages": layer["packages"], "source": source,
+                "packages": layer["packages"], "source": source, "materials": self.materials(recipe, source),
                 # What this build stands on, by cache entry: gc keeps these while it keeps the build.
                 "entries": {"builds": [key], "layers": [self.layer_key(recipe)],
                             "sources": [self.source_key(recipe)], "bases": [self.base_key(recipe.base)],
@@ -205,6 +205,20 @@ class Planner:
                             + ([recipe.source.sha256] if isinstance(recipe.source, UrlSource) else []),
                             "bootstraps": [self.set_key(s) for s in recipe.base.sets
                                            if isinstance(s, BootstrapSet)]}}
+
+    def materials(self, recipe: Recipe, source: dict[str, Any]) -> list[dict[str, Any]]:
+        """The build's inputs by location and digest, as SLSA provenance lists materials."""
+        found = []
+        for spec in recipe.base.sets:
+            uri = spec.url if isinstance(spec, TarballSet) else f"mmdebstrap:{spec.mirror}?suite={spec.suite}&variant={spec.variant}"
+            found.append({"uri": uri, "digest": {"sha256": self.set_digest(spec)}})
+        if "commit" in source:
+            found.append({"uri": f"git+{source['git']}", "digest": {"gitCommit": source["commit"]}})
+        elif "sha256" in source:
+            found.append({"uri": source["url"], "digest": {"sha256": source["sha256"]}})
+        else:
+            found.append({"uri": f"deb-src:{source['debian']}/{source['dsc']}", "digest": {"sha256": source["dsc_sha256"]}})
+        return found
 
     def install_out(self, recipe: Recipe) -> None:
         from buildbox.build import install_out
@@ -303,10 +317,10 @@ class Planner:
         for path in [*reap_dead_boxes(self.store), *self.store.remove_stale_tmp()]:
             log.say(f"buildbox: removed {path}, left by a run that died")
 
-    def run(self, jobs: int = 1) -> None:
-        """Bring every recipe's out/ up to date; raise the first failure when any stage failed."""
+    def run(self, jobs: int = 1, stage: str = "out") -> None:
+        """Bring every recipe's stage (out/, by default) up to date; raise the first failure."""
         self.reap()
-        argv = ["run", "--continue", "-n", str(jobs), "-P", "thread", *(f"out:{r.name}" for r in self.recipes)]
+        argv = ["run", "--continue", "-n", str(jobs), "-P", "thread", *(f"{stage}:{r.name}" for r in self.recipes)]
         with self.store.in_use():
             code = DoitMain(ModuleTaskLoader(self.namespace()), config_filenames=()).run(argv)
         if self.failures:

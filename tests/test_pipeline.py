@@ -62,6 +62,10 @@ def test_a_go_program_from_a_local_git_repository_builds_caches_and_rebuilds_onl
     assert manifest["artifacts"]["hello"]["sha256"] == digest
     assert manifest["artifacts"]["hello"]["elf"]["static"] is True
     assert "golang-go" in manifest["inputs"]["packages"]
+    provenance = manifest["provenance"]
+    assert provenance["subject"] == [{"name": "hello", "digest": {"sha256": digest}}]
+    assert {"uri": f"git+{repo}", "digest": {"gitCommit": git(repo, "rev-parse", "HEAD")}} in provenance["materials"]
+    assert provenance["builder"]["host_kernel"] == __import__("os").uname().release
 
     again = workspace.buildbox("run", recipe)
     assert ran(again) == set(), again.stderr
