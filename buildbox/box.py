@@ -104,6 +104,8 @@ class Box:
         try:
             for d in (self.upper, self.dir / "work", self.root):
                 d.mkdir(exist_ok=True)
+            # The upper layer's top is the box's /: its mode must not follow the host's umask.
+            os.chmod(self.upper, 0o755)
             lower = ":".join(str(p) for p in self.layers)
             # nosuid,nodev: a setuid file or a device node written into the box grants nothing.
             self._mount(["-t", "overlay", "overlay", "-o",

@@ -52,6 +52,12 @@ def parser() -> argparse.ArgumentParser:
     cleaner = commands.add_parser("clean", help="remove everything but downloaded sets")
     common(cleaner)
 
+    verify = commands.add_parser("verify", help="build twice under varied conditions and compare")
+    verify.add_argument("recipe", type=Path, metavar="RECIPE")
+    verify.add_argument("--against", type=Path, metavar="MANIFEST",
+                        help="compare one fresh build with this manifest (e.g. the nightly's)")
+    common(verify)
+
     shell = commands.add_parser("shell", help="a shell in a clone of the recipe's prepared box")
     shell.add_argument("recipe", type=Path, metavar="RECIPE")
     shell.add_argument("--root", action="store_true", help="as root instead of the build user")
@@ -64,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         command = {"run": cmd_run, "list": cmd_list, "gc": cmd_gc, "clean": cmd_clean,
-                   "shell": cmd_shell}[args.command]
+                   "shell": cmd_shell, "verify": cmd_verify}[args.command]
         return command(args)
     except BuildboxError as err:
         if args.debug:
@@ -183,6 +189,27 @@ def cmd_clean(args: argparse.Namespace) -> int:
     _need_root()
     clean(Store(args.cache))
     print(f"clean: {args.cache} holds only the downloaded sets now")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Exit 0 only when every artifact is identical."""
+    from buildbox.store import Store
+    from buildbox.tasks import Planner
+    from buildbox.verify import compare
+
+    [recipe] = _load([args.recipe])
+    if args.against and not args.against.is_file():
+        raise InputError(f"--against {args.against}: no such manifest", hint="give the path of a manifest.json")
+    _need_root()
+    log.quiet = True
+    differences = compare(recipe, Planner(Store(args.cache), [recipe], Path("out"), stream=False), args.against)
+    if differences:
+        for line in differences:
+            print(f"differs: {line}")
+        print(f"verify: {recipe.name} is not reproducible: {len(differences)} artifact(s) differ")
+        return 1
+    print(f"verify: {recipe.name} is reproducible: every artifact identical across the builds")
     return 0
 
 

@@ -79,6 +79,8 @@ def _from_tarball(store: Store, source: UrlSource, entry: Path) -> None:
     tarball = ensure_download(store, source.url, source.sha256)
     src = entry / SRC.lstrip("/")
     src.mkdir(parents=True)
+    for path in (src.parent, src):
+        os.chmod(path, 0o755)
     extract(tarball, src, what=source.url, owner=(BUILDER.uid, BUILDER.gid), strip_top=True)
     for path in (entry / BUILD_DIR.lstrip("/"), src):
         os.chown(path, BUILDER.uid, BUILDER.gid)
@@ -118,7 +120,8 @@ def _in_box(store: Store, layers: list[Path], source: GitSource | DebianSource, 
     # The upper layer holds /build/src as the build user wrote it; keep that and nothing else
     # (not the downloaded files, not what git or apt left in the home directory).
     build = entry / BUILD_DIR.lstrip("/")
-    build.mkdir()
+    build.mkdir(mode=0o755)
+    os.chmod(build, 0o755)   # whatever the host's umask
     os.chown(build, BUILDER.uid, BUILDER.gid)
     (upper / SRC.lstrip("/")).rename(entry / SRC.lstrip("/"))
     remove_tree(upper)

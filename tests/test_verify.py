@@ -1,0 +1,35 @@
+"""`buildbox verify`: two builds under varied host conditions must give the same bytes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import Workspace, mounts_under
+from test_lifecycle import shell_recipe
+from test_pipeline import go_recipe, go_repo
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_go_program_is_reproducible_twice_over_and_against_a_manifest(workspace: Workspace,
+                                                                            tmp_path: Path) -> None:
+    recipe = go_recipe(workspace, go_repo(tmp_path / "hello"))
+    verify_dir = workspace.cache / "verify"
+    before = set(verify_dir.iterdir()) if verify_dir.exists() else set()
+    result = workspace.buildbox("verify", recipe)
+    assert "hello is reproducible" in result.stdout
+    workspace.buildbox("run", recipe, "-q")
+    manifest = workspace.root / "out" / "hello" / "manifest.json"
+    assert "reproducible" in workspace.buildbox("verify", recipe, "--against", manifest).stdout
+    assert mounts_under(workspace.cache) == []
+    assert set(verify_dir.iterdir()) == before, "the verify builds are removed"
+
+
+def test_a_build_that_embeds_the_time_is_reported_as_differing_naming_the_file(workspace: Workspace) -> None:
+    recipe = shell_recipe(workspace, "stamped", 'date +%s%N > "$OUT/stamp"\ncp /bin/true "$OUT/tool"')
+    result = workspace.buildbox("verify", recipe, check=1)
+    assert "differs: stamp" in result.stdout
+    assert "tool" not in result.stdout
+    assert "stamped is not reproducible: 1 artifact(s) differ" in result.stdout
