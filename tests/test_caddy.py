@@ -37,3 +37,12 @@ def test_caddy_builds_from_debian_source_with_its_tests_and_reports_v2_6_2(tmp_p
     again = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
     assert again.returncode == 0 and ran(again) == set(), again.stderr
     assert mounts_under(cache) == []
+
+
+def test_caddy_is_reproducible_across_two_varied_builds() -> None:
+    cache = Path(os.environ.get("BUILDBOX_CACHE", REPO / "cache"))
+    result = subprocess.run([sys.executable, "-m", "buildbox", "verify", "recipes/caddy.toml", "--cache", str(cache)],
+                            cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert "caddy is reproducible" in result.stdout
+    assert mounts_under(cache) == []

@@ -33,3 +33,15 @@ def test_a_build_that_embeds_the_time_is_reported_as_differing_naming_the_file(w
     assert "differs: stamp" in result.stdout
     assert "tool" not in result.stdout
     assert "stamped is not reproducible: 1 artifact(s) differ" in result.stdout
+
+
+def test_a_differing_binary_is_explained_by_the_elf_sections_that_differ(workspace: Workspace) -> None:
+    from test_pipeline import c_recipe
+    recipe = c_recipe(workspace, "stampbin", """\
+        printf '#include <stdio.h>\\nint main(void) { puts(STAMP); return 0; }\\n' > stamp.c
+        gcc -DSTAMP="\\"$(date +%s%N)\\"" -o "$OUT/stampbin" stamp.c
+        """)
+    result = workspace.buildbox("verify", recipe, check=1)
+    assert "differs: stampbin" in result.stdout
+    sections = result.stdout.split("ELF sections that differ: ")[1].splitlines()[0].split(", ")
+    assert ".rodata" in sections and ".text" not in sections, sections
