@@ -29,7 +29,7 @@ from buildbox.base import BUILDER  # noqa: E402
 from buildbox.box import Box  # noqa: E402
 from buildbox.build import check_in_box, verify_on_host  # noqa: E402
 from buildbox.recipe import load_recipe  # noqa: E402
-from buildbox.sets import BOOTSTRAP_EPOCH  # noqa: E402
+from buildbox.base import EPOCH  # noqa: E402
 from buildbox.store import Store, tree_size  # noqa: E402
 from buildbox.tasks import Planner  # noqa: E402
 
@@ -231,7 +231,7 @@ def bench_cold_base(recipe) -> None:
         target = WORK / "raw.tar"
         subprocess.run(["mmdebstrap", "--mode=root", f"--variant={spec.variant}", "--format=tar", "-q",
                         spec.suite, str(target), f"deb {spec.mirror} {spec.suite} main"], check=True,
-                       env=dict(os.environ, SOURCE_DATE_EPOCH=str(BOOTSTRAP_EPOCH)), capture_output=True)
+                       env=dict(os.environ, SOURCE_DATE_EPOCH=str(EPOCH)), capture_output=True)
         target.unlink()
 
     mine = median_time(ours, 2, setup=lambda: shutil.rmtree(cache, ignore_errors=True))

@@ -8,7 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-BUILD_DIR = "/build"            # the source goes to /build/src, artifacts to $OUT=/build/out
+BUILD_DIR = "/build"
+SRC = f"{BUILD_DIR}/src"        # the source tree the build runs in
+OUT = f"{BUILD_DIR}/out"        # $OUT: what the build leaves here is copied out
+# The one fixed time of buildbox: SOURCE_DATE_EPOCH of bootstraps and builds, the artifacts' mtime.
+EPOCH = 1700000000
 HOSTS = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\tbuildbox\n"
 # Nodes a build needs and nothing else: no disks, no consoles, no host ttys.
 DEVICES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9),
@@ -122,7 +126,8 @@ def _add_user(root: Path, user: BuildUser) -> None:
     (home / ".bashrc").write_text(". \"$HOME/.shrc\"\n")
     (home / "bin").mkdir(exist_ok=True)
     build = root / BUILD_DIR.lstrip("/")
-    (build / "out").mkdir(parents=True, exist_ok=True)
-    for path in (home, *home.iterdir(), build, build / "out"):
+    out = root / OUT.lstrip("/")
+    out.mkdir(parents=True, exist_ok=True)
+    for path in (home, *home.iterdir(), build, out):
         os.lchown(path, user.uid, user.gid)
     home.chmod(0o755)

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from buildbox import log
+from buildbox.base import DEVICES
 from buildbox.errors import BuildFailed, InputError
 from buildbox.process import run
 from buildbox.store import Store, remove_tree
@@ -26,8 +27,6 @@ ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MAX_SYMLINKS = 40
 ENTER = Path(__file__).with_name("enter.py")
 HOSTNAME = "buildbox"
-# The only device nodes a box gets, bound from the host's /dev into a tmpfs of the box's own.
-DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 # Every command in a box gets its own mount, UTS, IPC and PID namespaces (its own /proc, its own
 # hostname, no host processes in sight), and its own network namespace unless it fetches.
 NAMESPACES = ("mount", "uts", "ipc", "pid")
@@ -157,6 +156,7 @@ class Box:
             silence: float | None = None, interactive: bool = False) -> str:
         """Run argv inside the box, in fresh namespaces, with exactly env (root's PATH if none),
         as user "UID:GID" or root; without a network unless asked for one."""
+        # devices: the base's few nodes, bound from the host into a /dev of the box's own.
         plan = {"root": str(self.root), "cwd": cwd, "argv": list(argv), "env": dict(env or {"PATH": ROOT_PATH}),
                 "user": [int(n) for n in user.split(":")] if user else None, "network": network,
                 "hostname": HOSTNAME, "devices": list(DEVICES), "limits": dict(limits or {})}

@@ -12,16 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from buildbox import __version__, log
-from buildbox.base import BUILD_DIR, BUILDER
+from buildbox.base import BUILDER, EPOCH, OUT, SRC
 from buildbox.box import NAMESPACES, Box, resolve_in_root
 from buildbox.errors import BuildFailed, InputError
 from buildbox.process import run
 from buildbox.recipe import Limits, Recipe
 from buildbox.store import Store, file_sha256, remove_tree
 
-OUT = f"{BUILD_DIR}/out"
-SRC = f"{BUILD_DIR}/src"
-EPOCH = 1700000000
 MANIFEST = "manifest.json"
 MAX_DEPTH = 32
 NOBODY = 65534

@@ -13,13 +13,12 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from buildbox import log
+from buildbox.base import EPOCH   # fixed: the same bootstrap inputs give the same tarball
 from buildbox.errors import BuildFailed, InputError
 from buildbox.process import run
 from buildbox.recipe import BootstrapSet
 from buildbox.store import file_sha256
 
-# Fixed so that the same bootstrap inputs give the same tarball, byte for byte.
-BOOTSTRAP_EPOCH = 1700000000
 CHUNK = 1 << 16
 DOWNLOAD_ATTEMPTS = 6
 
@@ -115,7 +114,7 @@ def make_bootstrap(spec: BootstrapSet, dest: Path, logfile: Path) -> None:
     # deb-src too: recipes install the Build-Depends of, and fetch, Debian source packages.
     argv += [spec.suite, str(part), f"deb {spec.mirror} {spec.suite} main",
              f"deb-src {spec.mirror} {spec.suite} main"]
-    env = dict(os.environ, SOURCE_DATE_EPOCH=str(BOOTSTRAP_EPOCH))
+    env = dict(os.environ, SOURCE_DATE_EPOCH=str(EPOCH))
     try:
         run(argv, what=f"mmdebstrap of {spec.suite} from {spec.mirror}", env=env, log=logfile)
         os.replace(part, dest)

@@ -7,7 +7,7 @@ import os
 import re
 from pathlib import Path
 
-from buildbox.base import BUILD_DIR, BUILDER
+from buildbox.base import BUILD_DIR, BUILDER, SRC
 from buildbox.box import Box
 from buildbox.errors import BuildFailed, InputError
 from buildbox.packages import fetch_access
@@ -15,7 +15,6 @@ from buildbox.recipe import DebianSource, GitSource, Source, UrlSource
 from buildbox.sets import extract, fetch_verified
 from buildbox.store import Store, file_sha256, remove_tree, write_meta
 
-SRC = f"{BUILD_DIR}/src"
 UPSTREAM = "/buildbox/upstream"   # where a local repository is bound, read-only
 GITCONFIG = "/buildbox/gitconfig"
 COMMIT_RE = re.compile(r"[0-9a-f]{40}")

@@ -18,7 +18,7 @@ from doit.exceptions import TaskFailed
 from doit.reporter import ConsoleReporter
 
 from buildbox import log
-from buildbox.base import BUILDER, make_base
+from buildbox.base import BUILDER, EPOCH, make_base
 from buildbox.box import SANDBOX_VERSION
 from buildbox.errors import BuildboxError, BuildFailed, Interrupted
 from buildbox.recipe import Base, BootstrapSet, DebianSource, GitSource, Recipe, Set, TarballSet, UrlSource
@@ -57,9 +57,8 @@ class Planner:
     def set_key(self, spec: Set) -> str:
         if isinstance(spec, TarballSet):
             return spec.sha256
-        from buildbox.sets import BOOTSTRAP_EPOCH
         return content_key("bootstrap", {"suite": spec.suite, "mirror": spec.mirror, "variant": spec.variant,
-                                         "packages": list(spec.packages), "epoch": BOOTSTRAP_EPOCH})
+                                         "packages": list(spec.packages), "epoch": EPOCH})
 
     def base_key(self, base: Base) -> str:
         return content_key("base", {"sets": [self.set_key(s) for s in base.sets],
