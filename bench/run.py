@@ -225,7 +225,7 @@ def bench_cold_base(recipe) -> None:
         planner = Planner(Store(cache), [recipe], WORK / "out")
         for s in recipe.base.sets:
             planner.make_set(s)
-        planner.make_base(recipe.base)
+        planner.make_base(recipe)
 
     def raw() -> None:
         target = WORK / "raw.tar"

@@ -36,7 +36,13 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--keep", action="store_true", help="leave the build box for inspection")
     run.add_argument("-j", "--jobs", type=int, default=1, help="recipes built in parallel")
     run.add_argument("-q", "--quiet", action="store_true", help="don't stream the build log")
+    run.add_argument("--refresh", action="store_true",
+                     help="first resolve each recipe afresh and rewrite its lock (as `buildbox lock` does)")
     common(run)
+
+    locker = commands.add_parser("lock", help="resolve recipes afresh and pin them in recipes/NAME.lock")
+    locker.add_argument("recipes", nargs="+", type=Path, metavar="RECIPE")
+    common(locker)
 
     lister = commands.add_parser("list", help="show recipes and whether each is up to date")
     lister.add_argument("recipes", nargs="*", type=Path, metavar="RECIPE",
@@ -69,7 +75,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        command = {"run": cmd_run, "list": cmd_list, "gc": cmd_gc, "clean": cmd_clean,
+        command = {"run": cmd_run, "lock": cmd_lock, "list": cmd_list, "gc": cmd_gc, "clean": cmd_clean,
                    "shell": cmd_shell, "verify": cmd_verify}[args.command]
         return command(args)
     except BuildboxError as err:
@@ -82,9 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _load(paths: list[Path]):
+def _load(paths: list[Path], *, locked: bool = True):
     from buildbox.recipe import load_recipe
-    recipes = [load_recipe(p) for p in paths]
+    recipes = [load_recipe(p, locked=locked) for p in paths]
     names: dict[str, Path] = {}
     for recipe in recipes:
         if recipe.name in names:
@@ -95,25 +101,18 @@ def _load(paths: list[Path]):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from buildbox import process
     from buildbox.store import Store
     from buildbox.tasks import Planner
 
     if args.jobs < 1:
         raise InputError(f"-j {args.jobs}: the number of jobs must be at least 1")
-    recipes = _load(args.recipes)
+    recipes = _load(args.recipes, locked=not args.refresh)
     _need_root()
     log.quiet = args.quiet
+    _stop_on_signals()
+    if args.refresh:
+        recipes = _relock(Store(args.cache), recipes)
     planner = Planner(Store(args.cache), recipes, args.out, keep=args.keep, stream=not args.quiet)
-
-    def on_signal(signum: int, frame: object) -> None:
-        # Stop the running commands and let every box unwind its mounts; a second signal is final.
-        log.say(f"buildbox: {signal.Signals(signum).name}: stopping the running stage")
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        process.interrupt()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
     planner.run(args.jobs)
     for recipe in recipes:
         out = planner.out_dir(recipe)
@@ -121,6 +120,62 @@ def cmd_run(args: argparse.Namespace) -> int:
         for rel, fact in manifest["artifacts"].items():
             print(f"{fact['sha256']}  {out / rel}")
     return 0
+
+
+def cmd_lock(args: argparse.Namespace) -> int:
+    from buildbox.store import Store
+    recipes = _load(args.recipes, locked=False)
+    _need_root()
+    log.quiet = True
+    _stop_on_signals()
+    _relock(Store(args.cache), recipes)
+    return 0
+
+
+def _relock(store, recipes: list) -> list:
+    """Resolve each recipe afresh, write its lock, and return the recipes read again, locked."""
+    from buildbox.lock import lock_path, write_lock
+    from buildbox.recipe import load_recipe
+    from buildbox.tasks import Planner
+
+    planner = Planner(store, recipes, Path("out"), stream=False)
+    planner.reap()
+    with store.in_use():
+        for recipe in recipes:
+            path = lock_path(recipe.path)
+            existed = path.exists()
+            pins = planner.resolve(recipe)
+            changed = write_lock(recipe, pins)
+            if not existed:
+                print(f"lock: wrote {path}: {len(pins['sets'])} set(s), {len(pins['packages'])} packages, "
+                      f"source {_pinned_source(pins['source'])}")
+            else:
+                print(f"lock: {path}: {len(changed) or 'nothing'} changed")
+                for line in changed:
+                    print(f"  {line}")
+    return [load_recipe(r.path) for r in recipes]
+
+
+def _pinned_source(pin: dict) -> str:
+    if "commit" in pin:
+        return f"commit {pin['commit']}"
+    if "version" in pin:
+        return f"{pin['debian']} {pin['version']}"
+    return f"sha256 {pin['sha256']}"
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM stop the running commands and let every box unwind its mounts; a
+    second Ctrl-C is final."""
+    from buildbox import process
+
+    def on_signal(signum: int, frame: object) -> None:
+        log.say(f"buildbox: {signal.Signals(signum).name}: stopping the running stage")
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        process.interrupt()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
 
 
 def cmd_list(args: argparse.Namespace) -> int:

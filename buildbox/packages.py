@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from buildbox.box import Box
 from buildbox.errors import BuildFailed, BuildboxError, InputError
-from buildbox.store import Store, write_meta
+from buildbox.store import Store, file_sha256, write_meta
+
+if TYPE_CHECKING:
+    from buildbox.lock import Lock
 
 APT_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive",
            "LANG": "C.UTF-8"}
@@ -27,8 +32,9 @@ def fetch_access(box: Box, store: Store) -> None:
 
 
 def make_layer(store: Store, lower: list[Path], install: tuple[str, ...], build_deps: tuple[str, ...],
-               entry: Path, logfile: Path) -> None:
-    """Install packages over `lower` and keep what changed as the layer `entry`/root."""
+               entry: Path, logfile: Path, *, lock: Lock | None = None) -> None:
+    """Install packages over `lower` and keep what changed as the layer `entry`/root: what the
+    recipe asks for, resolved by apt today, or with a lock exactly the packages it pins."""
     with Box(store, lower, label="layer", upper=entry / "root", log=logfile) as box:
         fetch_access(box, store)
 
@@ -36,14 +42,108 @@ def make_layer(store: Store, lower: list[Path], install: tuple[str, ...], build_
             box.run(["apt-get", *args], what=what, env=APT_ENV, log=logfile, network=True)
 
         apt("update", "-q", what="apt-get update")
-        if install:
-            apt("install", *APT_OPTS, *install, what=f"installing {', '.join(install)}")
-        if build_deps:
-            apt("build-dep", *APT_OPTS, *build_deps, what=f"installing the Build-Depends of {', '.join(build_deps)}")
-        versions = box.run(["dpkg-query", "-W", "-f", "${Package}\t${Version}\n"], what="dpkg-query",
-                           env=APT_ENV, capture=True)
-    packages = dict(line.split("\t", 1) for line in versions.splitlines() if "\t" in line)
+        if lock:
+            _install_locked(box, store, lock, apt)
+        else:
+            if install:
+                apt("install", *APT_OPTS, *install, what=f"installing {', '.join(install)}")
+            if build_deps:
+                apt("build-dep", *APT_OPTS, *build_deps,
+                    what=f"installing the Build-Depends of {', '.join(build_deps)}")
+        packages = _pins(box, store)
+    if lock:
+        _check_locked(packages, lock)
     write_meta(entry, {"install": list(install), "build-deps": list(build_deps), "packages": packages})
+
+
+def _installed(box: Box) -> dict[str, tuple[str, str]]:
+    """Every package installed in the box: name (name:arch if foreign) -> (version, arch)."""
+    out = box.run(["dpkg-query", "-W", "-f", "${Package}\t${Version}\t${Architecture}\t${db:Status-Abbrev}\n"],
+                  what="dpkg-query", env=APT_ENV, capture=True)
+    native = box.run(["dpkg", "--print-architecture"], what="dpkg --print-architecture", env=APT_ENV,
+                     capture=True).strip()
+    found = {}
+    for line in out.splitlines():
+        name, version, arch, status = (line.split("\t") + ["", "", ""])[:4]
+        if status.startswith("ii"):
+            found[name if arch in (native, "all") else f"{name}:{arch}"] = (version, arch)
+    return found
+
+
+def deb_name(name: str, version: str, arch: str) -> str:
+    """The file name apt gives a downloaded .deb (an epoch's colon is written %3a)."""
+    return f"{name.split(':')[0]}_{version.replace(':', '%3a')}_{arch}.deb"
+
+
+def _pins(box: Box, store: Store) -> dict[str, dict[str, str]]:
+    """Every installed package with its version, architecture and .deb sha256: the sha256 of the
+    very file apt installed where the .deb cache has it, else the one the archive's index gives."""
+    index = _index_sha256(box.path("/var/lib/apt/lists"))
+    debs = store.dir("debs")
+    pins = {}
+    for name, (version, arch) in sorted(_installed(box).items()):
+        pin = {"version": version, "arch": arch}
+        cached = debs / deb_name(name, version, arch)
+        digest = file_sha256(cached) if cached.is_file() else index.get((name.split(":")[0], version, arch))
+        if digest:
+            pin["sha256"] = digest
+        pins[name] = pin
+    return pins
+
+
+def _index_sha256(lists: Path) -> dict[tuple[str, str, str], str]:
+    """(package, version, arch) -> sha256 of its .deb, from the Packages indexes apt fetched."""
+    found = {}
+    for index in sorted(lists.glob("*_Packages")):
+        record: dict[str, str] = {}
+        for line in [*index.read_text(errors="replace").splitlines(), ""]:
+            if not line:
+                if {"Package", "Version", "Architecture", "SHA256"} <= set(record):
+                    found[(record["Package"], record["Version"], record["Architecture"])] = record["SHA256"]
+                record = {}
+            elif not line[0].isspace() and ":" in line:
+                key, _, value = line.partition(":")
+                record[key] = value.strip()
+    return found
+
+
+def _install_locked(box: Box, store: Store, lock: Lock, apt: Callable[..., None]) -> None:
+    """Install exactly the pinned packages the base lacks: from the .deb cache when it holds the
+    pinned file (the archive may have moved on), else that version from the archive."""
+    base = _installed(box)
+    debs = store.dir("debs")
+    args = []
+    for name, pin in sorted(lock.pins["packages"].items()):
+        if base.get(name) == (pin["version"], pin["arch"]):
+            continue
+        cached = debs / deb_name(name, pin["version"], pin["arch"])
+        if "sha256" in pin and cached.is_file() and file_sha256(cached) == pin["sha256"]:
+            args.append(f"/var/cache/apt/archives/{cached.name}")
+        else:
+            args.append(f"{name}={pin['version']}")
+    if args:
+        apt("install", *APT_OPTS, "--allow-downgrades", *args,
+            what=f"installing the {len(args)} packages {lock.path.name} pins")
+
+
+def _check_locked(packages: dict[str, dict[str, str]], lock: Lock) -> None:
+    """A locked layer holds exactly the pinned packages, each from the pinned .deb."""
+    pinned = lock.pins["packages"]
+    for name in sorted(set(packages) | set(pinned)):
+        got, want = packages.get(name), pinned.get(name)
+        if want is None:
+            raise BuildFailed(f"the locked install brought in {name} {got['version']}, which {lock.path.name} "
+                              "does not pin", hint=f"re-lock: `buildbox lock {lock.path.with_suffix('.toml')}`")
+        if got is None or (got["version"], got["arch"]) != (want["version"], want["arch"]):
+            have = f"{got['version']} ({got['arch']})" if got else "nothing"
+            raise BuildFailed(f"the locked install gave {name} {have}, not the pinned {want['version']} "
+                              f"({want['arch']})", where=lock.at(name),
+                              hint=f"re-lock: `buildbox lock {lock.path.with_suffix('.toml')}`")
+        if "sha256" in want and got.get("sha256") not in (None, want["sha256"]):
+            raise BuildFailed(f"the .deb of {name} {want['version']} has sha256 {got['sha256']}, not the "
+                              f"pinned {want['sha256']}", where=lock.at(name),
+                              hint="the archive now serves other bytes under that version: find out why "
+                              "before re-locking")
 
 
 # apt's words for "that package is not in the archive": bad input, not a failed build.
@@ -57,8 +157,25 @@ UNREACHABLE_PATTERNS = [r"Temporary failure resolving '([^']+)'", r"Could not re
                         r"Failed to fetch (\S+)", r"Could not connect to (\S+)", r"Unable to connect to (\S+)"]
 
 
-def explain_apt_failure(err: BuildFailed, where: str) -> BuildboxError:
+# ... and under a lock, "that pinned version is gone": the archive moved on since the lock.
+GONE_PATTERNS = [r"E: Version '(?P<version>[^']+)' for '(?P<name>[^']+)' was not found",
+                 r"E: Can not find version '(?P<version>[^']+)' of package '(?P<name>[^']+)'",
+                 r"E: Unable to locate package (?P<name>\S+)"]
+
+
+def explain_apt_failure(err: BuildFailed, where: str, lock: Lock | None = None) -> BuildboxError:
     """Turn apt's "no such package" or "mirror unreachable" into a one-line error on the right line."""
+    for pattern in GONE_PATTERNS if lock else ():
+        found = re.search(pattern, err.tail)
+        if found:
+            name = found.group("name")
+            pin = lock.pins["packages"].get(name) or lock.pins["source"]
+            recipe = lock.path.with_suffix(".toml")
+            return InputError(f"{name} {found.groupdict().get('version') or pin.get('version', '')}, pinned by "
+                              f"the lock, is no longer in the archive nor in the cache",
+                              where=lock.at(name if name in lock.pins["packages"] else "source"),
+                              hint=f"`buildbox run --refresh {recipe}` locks what the archive has now; to "
+                              "rebuild the locked bits, use a cache that holds them or a snapshot.debian.org mirror")
     for pattern in MISSING_PATTERNS:
         found = re.search(pattern, err.tail)
         if found:

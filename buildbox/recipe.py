@@ -6,17 +6,21 @@ line that names the file, the line and what to write instead.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn, Union
+from typing import TYPE_CHECKING, Any, NoReturn, Union
 from urllib.parse import urlparse
 
 import tomlkit
 import tomlkit.exceptions
 
 from buildbox.errors import InputError
+
+if TYPE_CHECKING:
+    from buildbox.lock import Lock
 
 DEFAULT_BASE = "debian-bookworm"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
@@ -130,6 +134,7 @@ class Recipe:
     network: bool = False
     limits: Limits = Limits()
     lines: tuple[tuple[str, int], ...] = ()
+    lock: Lock | None = field(default=None, compare=False)   # recipes/NAME.lock, if there is one
 
     def at(self, key: str) -> str:
         """file:line of a part of the recipe ("packages", "source", "script"), for errors found later."""
@@ -286,8 +291,9 @@ def load_base(name: str, recipes_dir: Path, *, where: str) -> Base:
     return Base(name, path, tuple(parsed))
 
 
-def load_recipe(path: Path) -> Recipe:
-    """Read and check one recipe file."""
+def load_recipe(path: Path, *, locked: bool = True) -> Recipe:
+    """Read and check one recipe file, and its lock if it has one (unless not `locked`: for
+    re-locking, when the old lock may no longer fit)."""
     doc = _Doc(path)
     data = doc.data
     doc.check_keys(data, (), {"name": str, "base": str, "packages": dict, "source": dict,
@@ -330,12 +336,14 @@ def load_recipe(path: Path) -> Recipe:
 
     verify = data.get("verify", {})
     doc.check_keys(verify, ("verify",), {"static": bool, "run": list})
-    return Recipe(path=path, name=name, base=base, install=install, build_deps=build_deps,
-                  source=source, env=tuple(sorted(env.items())), script=script,
-                  static=verify.get("static", False), verify_run=tuple(verify.get("run", [])),
-                  network=build.get("network", False), limits=_parse_limits(doc, data.get("limits", {})),
-                  lines=(("packages", doc.line_of(("packages",))), ("source", doc.line_of(("source",))),
-                         ("script", doc.line_of(("build",), "script"))))
+    recipe = Recipe(path=path, name=name, base=base, install=install, build_deps=build_deps,
+                    source=source, env=tuple(sorted(env.items())), script=script,
+                    static=verify.get("static", False), verify_run=tuple(verify.get("run", [])),
+                    network=build.get("network", False), limits=_parse_limits(doc, data.get("limits", {})),
+                    lines=(("packages", doc.line_of(("packages",))), ("source", doc.line_of(("source",))),
+                           ("script", doc.line_of(("build",), "script"))))
+    from buildbox.lock import read_lock   # lock.py reads its file with this module's helpers
+    return dataclasses.replace(recipe, lock=read_lock(recipe)) if locked else recipe
 
 
 def _parse_limits(doc: _Doc, table: dict[str, Any]) -> Limits:

@@ -66,12 +66,13 @@ def resolve_git(store: Store, layers: list[Path], source: GitSource, *, where: s
 
 
 def make_source(store: Store, layers: list[Path], source: Source, commit: str | None,
-                entry: Path, logfile: Path) -> None:
-    """Fill entry/ with a layer holding the source tree at /build/src."""
+                entry: Path, logfile: Path, *, pin: dict[str, str] | None = None) -> None:
+    """Fill entry/ with a layer holding the source tree at /build/src, and its pin (the lock's
+    [source]) as its meta. A pin given (from a lock) says which version to fetch, and is checked."""
     if isinstance(source, UrlSource):
         _from_tarball(store, source, entry)
     else:
-        _in_box(store, layers, source, commit, entry, logfile)
+        _in_box(store, layers, source, commit, entry, logfile, pin)
 
 
 def _from_tarball(store: Store, source: UrlSource, entry: Path) -> None:
@@ -94,7 +95,7 @@ def ensure_download(store: Store, url: str, sha256: str) -> Path:
 
 
 def _in_box(store: Store, layers: list[Path], source: GitSource | DebianSource, commit: str | None,
-            entry: Path, logfile: Path) -> None:
+            entry: Path, logfile: Path, pin: dict[str, str] | None) -> None:
     """Fetch inside a box as the build user; keep only what landed in /build/src."""
     upper = entry / ".upper"
     with Box(store, layers, label="source", upper=upper, log=logfile) as box:
@@ -104,18 +105,25 @@ def _in_box(store: Store, layers: list[Path], source: GitSource | DebianSource, 
             _git(box, ["clone", "--no-checkout", "--quiet", url, SRC], what=f"git clone {source.url}", log=logfile)
             _git(box, ["-C", SRC, "checkout", "--quiet", "--detach", commit], what=f"git checkout {commit}",
                  log=logfile)
-            meta = {"git": source.url, "ref": source.ref, "commit": commit}
+            meta = {"git": source.url, "commit": commit}
         else:
             # apt-get source checks the files against the signed Sources index of the layer's lists.
-            box.run(["apt-get", "source", "-q", "--download-only", source.package],
-                    what=f"apt-get source {source.package}", user=BUILDER.spec, env=BUILDER.login_env(),
+            wanted = f"{source.package}={pin['version']}" if pin else source.package
+            box.run(["apt-get", "source", "-q", "--download-only", wanted],
+                    what=f"apt-get source {wanted}", user=BUILDER.spec, env=BUILDER.login_env(),
                     cwd=BUILD_DIR, log=logfile, network=True)
             dscs = sorted(box.path(BUILD_DIR).glob("*.dsc"))
             if len(dscs) != 1:
                 raise BuildFailed(f"apt-get source {source.package} left {len(dscs)} .dsc files in {BUILD_DIR}")
+            meta = {"debian": source.package, "version": _dsc_version(dscs[0]), "dsc": dscs[0].name,
+                    "dsc-sha256": file_sha256(dscs[0])}
+            if pin and meta != pin:
+                raise BuildFailed(f"apt-get source {wanted} gave {meta['dsc']} with sha256 {meta['dsc-sha256']}, "
+                                  f"not the pinned {pin['dsc']} {pin['dsc-sha256']}",
+                                  hint="the archive serves other bytes under that version: find out why "
+                                  "before re-locking")
             box.run(["dpkg-source", "-x", f"{BUILD_DIR}/{dscs[0].name}", SRC], what="dpkg-source -x",
                     user=BUILDER.spec, env=BUILDER.login_env(), cwd=BUILD_DIR, log=logfile)
-            meta = {"debian": source.package, "dsc": dscs[0].name, "dsc_sha256": file_sha256(dscs[0])}
     # The upper layer holds /build/src as the build user wrote it; keep that and nothing else
     # (not the downloaded files, not what git or apt left in the home directory).
     build = entry / BUILD_DIR.lstrip("/")
@@ -125,3 +133,11 @@ def _in_box(store: Store, layers: list[Path], source: GitSource | DebianSource, 
     (upper / SRC.lstrip("/")).rename(entry / SRC.lstrip("/"))
     remove_tree(upper)
     write_meta(entry, meta)
+
+
+def _dsc_version(dsc: Path) -> str:
+    """The Version: field of a .dsc (with its epoch, which the file name leaves out)."""
+    found = re.search(r"^Version:\s*(\S+)\s*$", dsc.read_text(errors="replace"), re.MULTILINE)
+    if not found:
+        raise BuildFailed(f"{dsc.name} has no Version: field")
+    return found.group(1)

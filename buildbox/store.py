@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 # Bump when what a stage puts in its entry changes, so that old entries are not taken for new ones.
-FORMAT = 1
+FORMAT = 2
 
 
 def content_key(kind: str, inputs: dict[str, Any]) -> str:
@@ -99,6 +99,28 @@ class Store:
                 remove_tree(tmp)
                 raise
         return final
+
+    def add(self, kind: str, make: Callable[[Path], str]) -> str:
+        """Make an entry whose key is known only once it is made (a fresh resolution, whose result
+        names it): make(tmpdir) fills the directory and returns the key. If an entry of that key is
+        there already, it is kept and the new one dropped: same key, same content. Returns the key.
+        """
+        scratch = f"new{uuid.uuid4().hex}"
+        tmp = self.root / kind / f".tmp-{scratch}-0"
+        try:
+            with self.lock(f"{kind}-{scratch}"):   # held: a concurrent run won't take it for a dead one
+                tmp.mkdir(parents=True)
+                key = make(tmp)
+                with self.lock(f"{kind}-{key}"):
+                    if self.entry(kind, key).is_dir():
+                        remove_tree(tmp)
+                    else:
+                        os.rename(tmp, self.entry(kind, key))
+        finally:
+            remove_tree(tmp)
+            (self.root / "locks" / f"{kind}-{scratch}.lock").unlink(missing_ok=True)
+        os.utime(self.entry(kind, key))
+        return key
 
     def remove_stale_tmp(self) -> list[Path]:
         """Remove half-made entries of runs that died: their entry's lock is free again."""

@@ -20,9 +20,9 @@ from doit.reporter import ConsoleReporter
 from buildbox import log
 from buildbox.base import BUILDER, EPOCH, make_base
 from buildbox.box import SANDBOX_VERSION
-from buildbox.errors import BuildboxError, BuildFailed, Interrupted
+from buildbox.errors import BuildboxError, BuildFailed, InputError, Interrupted
 from buildbox.recipe import Base, BootstrapSet, DebianSource, GitSource, Recipe, Set, TarballSet, UrlSource
-from buildbox.store import Store, content_key, read_meta, write_meta
+from buildbox.store import Store, content_key, file_sha256, read_meta, write_meta
 
 
 class Planner:
@@ -54,25 +54,42 @@ class Planner:
             self._memo[(kind, name)] = value
         return value
 
-    def set_key(self, spec: Set) -> str:
+    def set_key(self, spec: Set, digest: str | None = None) -> str:
+        """A set's entry. A locked bootstrap (digest given) is its own entry, made only if
+        mmdebstrap still gives that digest; an unlocked one is whatever the first bootstrap gave."""
         if isinstance(spec, TarballSet):
             return spec.sha256
-        return content_key("bootstrap", {"suite": spec.suite, "mirror": spec.mirror, "variant": spec.variant,
-                                         "packages": list(spec.packages), "epoch": EPOCH})
+        inputs = {"suite": spec.suite, "mirror": spec.mirror, "variant": spec.variant,
+                  "packages": list(spec.packages), "epoch": EPOCH}
+        return content_key("bootstrap", {**inputs, "sha256": digest} if digest else inputs)
 
-    def base_key(self, base: Base) -> str:
-        return content_key("base", {"sets": [self.set_key(s) for s in base.sets],
-                                    "user": dataclasses.asdict(BUILDER)})
+    def sets(self, recipe: Recipe) -> list[tuple[Set, str | None]]:
+        """The recipe's sets, each with the digest its lock pins (None without a lock)."""
+        pinned = recipe.lock.pins["sets"] if recipe.lock else [None] * len(recipe.base.sets)
+        return list(zip(recipe.base.sets, pinned))
+
+    def base_key(self, recipe: Recipe) -> str:
+        return self._base_key([self.set_key(s, d) for s, d in self.sets(recipe)])
+
+    def _base_key(self, set_keys: list[str]) -> str:
+        return content_key("base", {"sets": set_keys, "user": dataclasses.asdict(BUILDER)})
 
     def layer_key(self, recipe: Recipe) -> str:
-        return content_key("layer", {"base": self.base_key(recipe.base), "install": sorted(recipe.install),
+        if recipe.lock:
+            return self._locked_layer_key(self.base_key(recipe), recipe.lock.pins["packages"])
+        return content_key("layer", {"base": self.base_key(recipe), "install": sorted(recipe.install),
                                      "build-deps": sorted(recipe.build_deps)})
 
+    def _locked_layer_key(self, base_key: str, packages: dict[str, Any]) -> str:
+        return content_key("layer", {"base": base_key, "packages": packages})
+
     def commit(self, recipe: Recipe) -> str | None:
-        """The commit a git source's ref names now (None for other sources)."""
+        """The commit a git source's ref names now, or the one its lock pins (None for other sources)."""
         source = recipe.source
         if not isinstance(source, GitSource):
             return None
+        if recipe.lock:
+            return recipe.lock.pins["source"]["commit"]
         from buildbox.source import resolve_git
         return self._remember("commit", recipe.name,
                               lambda: resolve_git(self.store, self.lower_layers(recipe), source,
@@ -81,17 +98,33 @@ class Planner:
     def source_key(self, recipe: Recipe) -> str:
         source = recipe.source
         if isinstance(source, UrlSource):
-            inputs: dict[str, Any] = {"url-sha256": source.sha256}
-        elif isinstance(source, DebianSource):
-            # The version is the one the layer's package lists name, so the layer pins it.
-            inputs = {"layer": self.layer_key(recipe), "debian": source.package}
-        else:
-            inputs = {"git": source.url, "commit": self.commit(recipe)}
-        return content_key("source", inputs)
+            return content_key("source", {"url-sha256": source.sha256})
+        if isinstance(source, GitSource):
+            return content_key("source", {"git": source.url, "commit": self.commit(recipe)})
+        if recipe.lock:
+            return self._locked_source_key(recipe.lock.pins["source"])
+        # The version is the one the layer's package lists name, so the layer pins it.
+        return content_key("source", {"layer": self.layer_key(recipe), "debian": source.package})
+
+    def _locked_source_key(self, pin: dict[str, str]) -> str:
+        return content_key("source", pin)
+
+    def pins(self, recipe: Recipe) -> dict[str, Any]:
+        """What the build stands on, in the lock's form: the lock's own pins, or without a lock
+        those of the entries the recipe resolved to (so they must have been made)."""
+        if recipe.lock:
+            return recipe.lock.pins
+        layer, source = self.store.entry("layers", self.layer_key(recipe)), self.store.entry("sources", self.source_key(recipe))
+        if not (layer.is_dir() and source.is_dir()):
+            raise BuildboxError(f"{recipe.name}: its packages and source are not resolved yet")
+        return {"sets": [self.set_digest(s) for s in recipe.base.sets],
+                "packages": read_meta(layer)["packages"], "source": read_meta(source)}
 
     def build_key(self, recipe: Recipe) -> str:
+        # Made of the pins, not of the stages' keys: a locked build and an unlocked one that
+        # resolved to the same sets, packages and source are one build.
         return self._remember("build", recipe.name, lambda: content_key("build", {
-            "layer": self.layer_key(recipe), "source": self.source_key(recipe), "script": recipe.script,
+            "pins": self.pins(recipe), "user": dataclasses.asdict(BUILDER), "script": recipe.script,
             "env": [list(kv) for kv in recipe.env], "static": recipe.static,
             "verify": list(recipe.verify_run), "network": recipe.network,
             "limits": dataclasses.asdict(recipe.limits), "sandbox": SANDBOX_VERSION}))
@@ -101,7 +134,7 @@ class Planner:
         return "downloads" if isinstance(spec, TarballSet) else "bootstraps"
 
     def base_root(self, recipe: Recipe) -> Path:
-        return self.store.entry("bases", self.base_key(recipe.base)) / "root"
+        return self.store.entry("bases", self.base_key(recipe)) / "root"
 
     def lower_layers(self, recipe: Recipe) -> list[Path]:
         """The read-only layers of a box for this recipe, top first: packages over the base."""
@@ -117,68 +150,86 @@ class Planner:
         return path
 
     # -- stages -----------------------------------------------------------------------------
-    def make_set(self, spec: Set) -> None:
+    def make_set(self, spec: Set, digest: str | None = None, where: str = "") -> None:
         if isinstance(spec, TarballSet):
             from buildbox.source import ensure_download
             ensure_download(self.store, spec.url, spec.sha256)
             return
+        self.store.ensure("bootstraps", self.set_key(spec, digest),
+                          lambda tmp: self._bootstrap(spec, tmp, digest, where))
+
+    def _bootstrap(self, spec: BootstrapSet, tmp: Path, digest: str | None = None, where: str = "") -> str:
+        """mmdebstrap into tmp/file; a locked bootstrap must come out with its pinned digest."""
         from buildbox.sets import make_bootstrap
-        from buildbox.store import file_sha256
-        key = self.set_key(spec)
+        with log.step(f"Bootstrapping Debian {spec.suite} ({spec.variant}) with mmdebstrap"):
+            try:
+                make_bootstrap(spec, tmp / "file", self.logfile("bootstrap", self.set_key(spec)[:12]))
+            except BuildFailed as err:
+                from buildbox.packages import explain_apt_failure
+                raise explain_apt_failure(err, spec.where) from None
+        got = file_sha256(tmp / "file")
+        if digest and got != digest:
+            raise InputError(f"mmdebstrap now makes {spec.suite} with sha256 {got[:12]}…, not the locked "
+                             f"{digest[:12]}…: {spec.mirror} has changed since the lock was written", where=where,
+                             hint="`buildbox run --refresh RECIPE` locks what the archive has now; to rebuild "
+                             "the locked bits, use a cache that holds them or a snapshot.debian.org mirror")
+        write_meta(tmp, {"sha256": got, "suite": spec.suite, "mirror": spec.mirror, "variant": spec.variant,
+                         "packages": list(spec.packages)})
+        return got
 
-        def bootstrap(tmp: Path) -> None:
-            with log.step(f"Bootstrapping Debian {spec.suite} ({spec.variant}) with mmdebstrap"):
-                try:
-                    make_bootstrap(spec, tmp / "file", self.logfile("bootstrap", key[:12]))
-                except BuildFailed as err:
-                    from buildbox.packages import explain_apt_failure
-                    raise explain_apt_failure(err, spec.where) from None
-            write_meta(tmp, {"sha256": file_sha256(tmp / "file"), "suite": spec.suite, "mirror": spec.mirror,
-                             "variant": spec.variant, "packages": list(spec.packages)})
-        self.store.ensure("bootstraps", key, bootstrap)
+    def set_tarball(self, spec: Set, digest: str | None = None) -> Path:
+        return self.store.entry(self.set_kind(spec), self.set_key(spec, digest)) / "file"
 
-    def set_tarball(self, spec: Set) -> Path:
-        return self.store.entry(self.set_kind(spec), self.set_key(spec)) / "file"
-
-    def set_digest(self, spec: Set) -> str:
+    def set_digest(self, spec: Set, digest: str | None = None) -> str:
         if isinstance(spec, TarballSet):
             return spec.sha256
-        return read_meta(self.store.entry("bootstraps", self.set_key(spec)))["sha256"]
+        return digest or read_meta(self.store.entry("bootstraps", self.set_key(spec)))["sha256"]
 
-    def make_base(self, base: Base) -> None:
+    def make_base(self, recipe: Recipe) -> None:
+        self._make_base(recipe.base, self.sets(recipe))
+
+    def _make_base(self, base: Base, sets: list[tuple[Set, str | None]]) -> str:
+        key = self._base_key([self.set_key(s, d) for s, d in sets])
+
         def make(tmp: Path) -> None:
-            with log.step(f"Making the base {base.name} from {len(base.sets)} set(s)"):
-                make_base(tmp / "root", [(f"{s.where}: set {i + 1}", self.set_tarball(s))
-                                         for i, s in enumerate(base.sets)])
-            write_meta(tmp, {"base": base.name, "sets": [self.set_digest(s) for s in base.sets]})
-        self.store.ensure("bases", self.base_key(base), make)
+            with log.step(f"Making the base {base.name} from {len(sets)} set(s)"):
+                make_base(tmp / "root", [(f"{s.where}: set {i + 1}", self.set_tarball(s, d))
+                                         for i, (s, d) in enumerate(sets)])
+            write_meta(tmp, {"base": base.name, "sets": [self.set_digest(s, d) for s, d in sets]})
+        self.store.ensure("bases", key, make)
+        return key
 
     def make_layer(self, recipe: Recipe) -> None:
-        from buildbox.packages import explain_apt_failure, make_layer
-        key = self.layer_key(recipe)
+        self.store.ensure("layers", self.layer_key(recipe),
+                          lambda tmp: self._install(recipe, tmp, self.base_root(recipe)))
 
-        def make(tmp: Path) -> None:
+    def _install(self, recipe: Recipe, tmp: Path, base_root: Path) -> None:
+        from buildbox.packages import explain_apt_failure, make_layer
+        if recipe.lock:
+            what = f"the {len(recipe.lock.pins['packages'])} packages of {recipe.lock.path.name}"
+        else:
             what = ", ".join(recipe.install + tuple(f"build-deps of {p}" for p in recipe.build_deps)) or "nothing"
-            with log.step(f"Installing packages into a layer ({what})"):
-                try:
-                    make_layer(self.store, [self.base_root(recipe)], recipe.install, recipe.build_deps,
-                               tmp, self.logfile(recipe.name, "packages"))
-                except BuildFailed as err:
-                    raise explain_apt_failure(err, recipe.at("packages")) from None
-        self.store.ensure("layers", key, make)
+        with log.step(f"Installing packages into a layer ({what})"):
+            try:
+                make_layer(self.store, [base_root], recipe.install, recipe.build_deps, tmp,
+                           self.logfile(recipe.name, "packages"), lock=recipe.lock)
+            except BuildFailed as err:
+                raise explain_apt_failure(err, recipe.at("packages"), recipe.lock) from None
 
     def make_source(self, recipe: Recipe) -> None:
+        self.store.ensure("sources", self.source_key(recipe),
+                          lambda tmp: self._fetch(recipe, tmp, self.lower_layers(recipe)))
+
+    def _fetch(self, recipe: Recipe, tmp: Path, layers: list[Path]) -> None:
         from buildbox.packages import explain_apt_failure
         from buildbox.source import make_source
-
-        def make(tmp: Path) -> None:
-            with log.step(f"Fetching the source of {recipe.name}"):
-                try:
-                    make_source(self.store, self.lower_layers(recipe), recipe.source, self.commit(recipe), tmp,
-                                self.logfile(recipe.name, "source"))
-                except BuildFailed as err:
-                    raise explain_apt_failure(err, recipe.at("source")) from None
-        self.store.ensure("sources", self.source_key(recipe), make)
+        pin = recipe.lock.pins["source"] if recipe.lock and isinstance(recipe.source, DebianSource) else None
+        with log.step(f"Fetching the source of {recipe.name}"):
+            try:
+                make_source(self.store, layers, recipe.source, self.commit(recipe), tmp,
+                            self.logfile(recipe.name, "source"), pin=pin)
+            except BuildFailed as err:
+                raise explain_apt_failure(err, recipe.at("source"), recipe.lock) from None
 
     def make_build(self, recipe: Recipe) -> None:
         from buildbox.build import make_build
@@ -191,32 +242,77 @@ class Planner:
                            self.logfile(recipe.name, "build"), stream=self.stream, keep=self.keep)
         self.store.ensure("builds", key, make)
 
+    def resolve(self, recipe: Recipe) -> dict[str, Any]:
+        """The pins of a lock for recipe, resolved afresh against its mirrors and repositories,
+        whatever the cache holds: a new bootstrap, a new apt install, the ref's commit now.
+
+        What is made is filed under the key it has once locked, so the locked run after it
+        reuses it: locking costs one bootstrap and one install, not one more of each.
+        """
+        recipe = dataclasses.replace(recipe, lock=None)
+        sets: list[tuple[Set, str | None]] = []
+        for spec in recipe.base.sets:
+            if isinstance(spec, TarballSet):
+                self.make_set(spec)
+                sets.append((spec, spec.sha256))
+            else:
+                digest = ""
+
+                def bootstrap(tmp: Path, spec: BootstrapSet = spec) -> str:
+                    nonlocal digest
+                    digest = self._bootstrap(spec, tmp)
+                    return self.set_key(spec, digest)
+                self.store.add("bootstraps", bootstrap)
+                sets.append((spec, digest))
+        base_key = self._make_base(recipe.base, sets)
+        base_root = self.store.entry("bases", base_key) / "root"
+
+        def install(tmp: Path) -> str:
+            self._install(recipe, tmp, base_root)
+            return self._locked_layer_key(base_key, read_meta(tmp)["packages"])
+        layer = self.store.entry("layers", self.store.add("layers", install))
+        packages = read_meta(layer)["packages"]
+        layers = [layer / "root", base_root]
+        source = recipe.source
+        if isinstance(source, UrlSource):
+            pin = {"url": source.url, "sha256": source.sha256}
+        elif isinstance(source, GitSource):
+            from buildbox.source import resolve_git
+            pin = {"git": source.url, "commit": resolve_git(self.store, layers, source, where=recipe.at("source"))}
+        else:
+            def fetch(tmp: Path) -> str:
+                self._fetch(recipe, tmp, layers)
+                return self._locked_source_key(read_meta(tmp))
+            pin = read_meta(self.store.entry("sources", self.store.add("sources", fetch)))
+        return {"sets": [self.set_digest(s, d) for s, d in sets], "packages": packages, "source": pin}
+
     def inputs(self, recipe: Recipe, key: str) -> dict[str, Any]:
         """What the manifest records as the build's inputs."""
-        layer = read_meta(self.store.entry("layers", self.layer_key(recipe)))
-        source = read_meta(self.store.entry("sources", self.source_key(recipe)))
-        return {"key": key, "base": recipe.base.name, "sets": [self.set_digest(s) for s in recipe.base.sets],
-                "packages": layer["packages"], "source": source, "materials": self.materials(recipe, source),
+        pins = self.pins(recipe)
+        return {"key": key, "base": recipe.base.name, "sets": pins["sets"], "packages": pins["packages"],
+                "source": pins["source"], "lock": str(recipe.lock.path) if recipe.lock else None,
+                "materials": self.materials(recipe, pins),
                 # What this build stands on, by cache entry: gc keeps these while it keeps the build.
                 "entries": {"builds": [key], "layers": [self.layer_key(recipe)],
-                            "sources": [self.source_key(recipe)], "bases": [self.base_key(recipe.base)],
+                            "sources": [self.source_key(recipe)], "bases": [self.base_key(recipe)],
                             "downloads": [self.set_key(s) for s in recipe.base.sets if isinstance(s, TarballSet)]
                             + ([recipe.source.sha256] if isinstance(recipe.source, UrlSource) else []),
-                            "bootstraps": [self.set_key(s) for s in recipe.base.sets
+                            "bootstraps": [self.set_key(s, d) for s, d in self.sets(recipe)
                                            if isinstance(s, BootstrapSet)]}}
 
-    def materials(self, recipe: Recipe, source: dict[str, Any]) -> list[dict[str, Any]]:
+    def materials(self, recipe: Recipe, pins: dict[str, Any]) -> list[dict[str, Any]]:
         """The build's inputs by location and digest, as SLSA provenance lists materials."""
         found = []
-        for spec in recipe.base.sets:
+        source = pins["source"]
+        for spec, digest in zip(recipe.base.sets, pins["sets"]):
             uri = spec.url if isinstance(spec, TarballSet) else f"mmdebstrap:{spec.mirror}?suite={spec.suite}&variant={spec.variant}"
-            found.append({"uri": uri, "digest": {"sha256": self.set_digest(spec)}})
+            found.append({"uri": uri, "digest": {"sha256": digest}})
         if "commit" in source:
             found.append({"uri": f"git+{source['git']}", "digest": {"gitCommit": source["commit"]}})
         elif "sha256" in source:
             found.append({"uri": source["url"], "digest": {"sha256": source["sha256"]}})
         else:
-            found.append({"uri": f"deb-src:{source['debian']}/{source['dsc']}", "digest": {"sha256": source["dsc_sha256"]}})
+            found.append({"uri": f"deb-src:{source['debian']}/{source['dsc']}", "digest": {"sha256": source["dsc-sha256"]}})
         return found
 
     def install_out(self, recipe: Recipe) -> None:
@@ -251,30 +347,41 @@ class Planner:
 
     def namespace(self) -> dict[str, Any]:
         """Task generators in doit's dodo form: task_set, task_base, ... and DOIT_CONFIG."""
-        bases = {r.base.path: r.base for r in self.recipes}
-        sets = {self.set_key(s): s for b in bases.values() for s in b.sets}
+        sets: dict[str, tuple[Set, str | None, str]] = {}
+        for recipe in self.recipes:
+            for index, (spec, digest) in enumerate(self.sets(recipe)):
+                where = recipe.lock.at(f"set.{index}") if recipe.lock else spec.where
+                sets.setdefault(self.set_key(spec, digest), (spec, digest, where))
+        bases = {self.base_key(r): r for r in self.recipes}
         layers = {self.layer_key(r): r for r in self.recipes}
+
+        def base_task(recipe: Recipe) -> str:
+            # A locked base is named by its key too: recipes may lock one base differently.
+            return recipe.base.name + (f"@{self.base_key(recipe)[:8]}" if recipe.lock else "")
 
         def task_set() -> Iterator[dict[str, Any]]:
             """Sets: tarballs checked by sha256, Debian bootstraps."""
-            for key, spec in sets.items():
-                yield {"name": key[:12], "actions": [self._action(f"set:{key[:12]}", lambda s=spec: self.make_set(s))],
-                       "uptodate": [lambda s=spec: self.store.has(self.set_kind(s), self.set_key(s))],
+            for key, (spec, digest, where) in sets.items():
+                yield {"name": key[:12],
+                       "actions": [self._action(f"set:{key[:12]}",
+                                                lambda s=spec, d=digest, w=where: self.make_set(s, d, w))],
+                       "uptodate": [lambda s=spec, k=key: self.store.has(self.set_kind(s), k)],
                        "doc": f"set {getattr(spec, 'url', None) or getattr(spec, 'suite', '')}"}
 
         def task_base() -> Iterator[dict[str, Any]]:
             """Base roots unpacked from sets, with /etc, /dev and the build user."""
-            for base in bases.values():
-                yield {"name": base.name, "actions": [self._action(f"base:{base.name}", lambda b=base: self.make_base(b))],
-                       "task_dep": [f"set:{self.set_key(s)[:12]}" for s in base.sets],
-                       "uptodate": [lambda b=base: self.store.has("bases", self.base_key(b))],
-                       "doc": f"base root {base.name}"}
+            for key, recipe in bases.items():
+                yield {"name": base_task(recipe),
+                       "actions": [self._action(f"base:{base_task(recipe)}", lambda r=recipe: self.make_base(r))],
+                       "task_dep": [f"set:{self.set_key(s, d)[:12]}" for s, d in self.sets(recipe)],
+                       "uptodate": [lambda k=key: self.store.has("bases", k)],
+                       "doc": f"base root {recipe.base.name}"}
 
         def task_layer() -> Iterator[dict[str, Any]]:
             """Package layers: apt installs kept as overlay layers."""
             for key, recipe in layers.items():
                 yield {"name": key[:12], "actions": [self._action(f"layer:{key[:12]}", lambda r=recipe: self.make_layer(r))],
-                       "task_dep": [f"base:{recipe.base.name}"],
+                       "task_dep": [f"base:{base_task(recipe)}"],
                        "uptodate": [lambda k=key: self.store.has("layers", k)],
                        "doc": f"packages for {recipe.name}"}
 

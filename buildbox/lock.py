@@ -1,0 +1,193 @@
+"""Locks: recipes/NAME.lock beside recipes/NAME.toml, everything that pins a recipe's build (the
+sets' sha256, every package in the box with its version and .deb sha256, the source's commit or
+digest). Read here into a frozen Lock; written with tomlkit, so that a user's comments survive.
+
+The pins have one form everywhere, the lock file's: {"sets": [sha256, ...], "packages": {name:
+{"version", "arch", "sha256"}}, "source": {...}}. A build's key is made of them, so a locked build
+and an unlocked one that resolved to the same pins are the same build.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+
+from buildbox.errors import InputError
+from buildbox.recipe import SHA256_RE, DebianSource, GitSource, Recipe, TarballSet, _Doc, list_of_tables
+
+LOCK_FORMAT = 1
+HEADER = """\
+# The lock of {recipe}: what pins its build, down to the sha256 of every package's .deb.
+# `buildbox run` builds exactly this; `buildbox lock` (or `buildbox run --refresh`) resolves
+# the recipe afresh and rewrites it. Comments you add are kept when it is rewritten.
+"""
+SOURCE_KEYS = {"git": ("git", "commit"), "url": ("url", "sha256"),
+               "debian": ("debian", "version", "dsc", "dsc-sha256")}
+
+
+@dataclass(frozen=True)
+class Lock:
+    path: Path
+    pins: dict[str, Any] = field(compare=False)
+    lines: dict[str, int] = field(compare=False)   # "set.N", "source", package name -> line
+
+    def at(self, what: str) -> str:
+        return f"{self.path}:{self.lines.get(what, 1)}"
+
+
+def lock_path(recipe_path: Path) -> Path:
+    return recipe_path.with_suffix(".lock")
+
+
+def request(recipe: Recipe) -> dict[str, Any]:
+    """What the recipe asks for that a lock resolves: a lock is for exactly this."""
+    sets = [spec.url if isinstance(spec, TarballSet) else
+            f"mmdebstrap {spec.mirror} {spec.suite} {spec.variant} {' '.join(spec.packages)}".strip()
+            for spec in recipe.base.sets]
+    source = recipe.source
+    described = (f"git {source.url} {source.ref}" if isinstance(source, GitSource) else
+                 f"debian {source.package}" if isinstance(source, DebianSource) else f"url {source.url}")
+    return {"sets": sets, "install": sorted(recipe.install), "build-deps": sorted(recipe.build_deps),
+            "source": described}
+
+
+def read_lock(recipe: Recipe) -> Lock | None:
+    """The recipe's lock, checked against what the recipe asks for now; None if it has none."""
+    path = lock_path(recipe.path)
+    if not path.exists():
+        return None
+    doc = _Doc(path)
+    data = doc.data
+    relock = f"run `buildbox lock {recipe.path}` to rewrite it"
+    doc.check_keys(data, (), {"format": int, "recipe": str, "request": dict, "set": list_of_tables, "source": dict,
+                              "packages": dict})
+    if data.get("format") != LOCK_FORMAT:
+        doc.fail((), "format", f"lock format {data.get('format')!r} is not {LOCK_FORMAT}", relock)
+    for key in ("request", "set", "source", "packages"):
+        if key not in data:
+            doc.fail((), None, f"the lock has no {'[[set]]' if key == 'set' else f'[{key}]'}", relock)
+    asked = request(recipe)
+    for key, value in asked.items():
+        if data["request"].get(key) != value:
+            part = {"sets": "the base's sets", "source": "[source]"}.get(key, f"[packages] {key}")
+            raise InputError(f"{part} changed since {path.name} was written "
+                             f"(locked for {data['request'].get(key)!r}, now {value!r})",
+                             where=recipe.at("source" if key == "source" else "packages"),
+                             hint=f"run `buildbox lock {recipe.path}` to lock what it asks for now")
+    lines: dict[str, int] = {}
+    sets = []
+    for index, entry in enumerate(data["set"]):
+        if not isinstance(entry, dict) or not SHA256_RE.fullmatch(str(entry.get("sha256", ""))):
+            doc.fail(("set",), "sha256", "a locked set needs sha256 = 64 lowercase hex digits", relock, index)
+        sets.append(entry["sha256"])
+        lines[f"set.{index}"] = doc.line_of(("set",), "sha256", index)
+    if len(sets) != len(recipe.base.sets):
+        doc.fail((), None, f"the lock pins {len(sets)} set(s), the base has {len(recipe.base.sets)}", relock)
+    kind = next((k for k in SOURCE_KEYS if k in data["source"]), None)
+    if kind is None or set(data["source"]) != set(SOURCE_KEYS[kind]) or \
+            not all(isinstance(v, str) and v for v in data["source"].values()):
+        doc.fail(("source",), None, f"[source] must hold exactly one of: "
+                 f"{'; '.join(', '.join(keys) for keys in SOURCE_KEYS.values())}", relock)
+    lines["source"] = doc.line_of(("source",))
+    packages = {}
+    for name, pin in data["packages"].items():
+        if not (isinstance(pin, dict) and set(pin) <= {"version", "arch", "sha256"}
+                and isinstance(pin.get("version"), str) and isinstance(pin.get("arch"), str)
+                and SHA256_RE.fullmatch(str(pin.get("sha256", "0" * 64)))):
+            doc.fail(("packages",), name, f"package '{name}' must be {{ version = \"...\", arch = \"...\", "
+                     "sha256 = \"...\" }", relock)
+        packages[name] = dict(pin)
+        lines[name] = doc.line_of(("packages",), name)
+    return Lock(path, {"sets": sets, "packages": packages, "source": dict(data["source"])}, lines)
+
+
+def write_lock(recipe: Recipe, pins: dict[str, Any]) -> list[str]:
+    """Write the recipe's lock with these pins, keeping the comments of the file it replaces;
+    return a line per pin that changed (all of them, for a new lock)."""
+    path = lock_path(recipe.path)
+    old = tomlkit.parse(path.read_text()) if path.exists() else None
+    if old is None or old.get("format") != LOCK_FORMAT:
+        doc = tomlkit.parse(HEADER.format(recipe=recipe.path.name))
+        for key in ("format", "recipe", "request", "set", "source", "packages"):
+            doc.add(key, tomlkit.table() if key in ("request", "source", "packages") else
+                    tomlkit.aot() if key == "set" else "")
+        before: dict[str, Any] = {"sets": [], "packages": {}, "source": {}}
+    else:
+        doc = old
+        unwrapped = old.unwrap()
+        before = {"sets": [s.get("sha256") for s in unwrapped.get("set", [])],
+                  "packages": unwrapped.get("packages", {}), "source": unwrapped.get("source", {})}
+    doc["format"] = LOCK_FORMAT
+    doc["recipe"] = recipe.name
+    _update(doc["request"], request(recipe))
+    sets = doc["set"]
+    while len(sets) > len(pins["sets"]):
+        sets.pop()
+    for index, digest in enumerate(pins["sets"]):
+        if index < len(sets):
+            sets[index]["sha256"] = digest
+        else:
+            sets.append(tomlkit.table().add("sha256", digest))
+    _update(doc["source"], pins["source"])
+    table = doc["packages"]
+    for name in [n for n in table if n not in pins["packages"]]:
+        del table[name]
+    for name, pin in sorted(pins["packages"].items()):
+        if name in table:
+            _update(table[name], pin)
+        else:
+            item = tomlkit.inline_table()
+            item.update({key: pin[key] for key in ("version", "arch", "sha256") if key in pin})
+            table[name] = item
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(tomlkit.dumps(doc))
+    tmp.replace(path)
+    return changes(before, pins)
+
+
+def _update(table: Any, values: dict[str, Any]) -> None:
+    """Set table's keys to values in place (a key's comment stays), dropping keys not in values."""
+    for key in [k for k in table if k not in values]:
+        del table[key]
+    for key, value in values.items():
+        if table.get(key) != value:
+            table[key] = value
+
+
+def changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """What a rewrite changed, one line per pin, in words a reviewer reads."""
+    lines = []
+    for index, digest in enumerate(after["sets"]):
+        old = before["sets"][index] if index < len(before["sets"]) else None
+        if old != digest:
+            lines.append(f"set {index + 1}: {_short(old)} -> {_short(digest)}")
+    if before["source"] != after["source"]:
+        pin = after["source"]
+        lines.append(f"source: {_describe(before['source'])} -> {_describe(pin)}")
+    old_packages, new_packages = before["packages"], after["packages"]
+    for name in sorted(set(old_packages) | set(new_packages)):
+        old, new = old_packages.get(name), new_packages.get(name)
+        if old is None:
+            lines.append(f"package {name}: added at {new['version']}")
+        elif new is None:
+            lines.append(f"package {name}: removed (was {old['version']})")
+        elif old != new:
+            lines.append(f"package {name}: {old.get('version')} -> {new['version']}")
+    return lines
+
+
+def _short(digest: str | None) -> str:
+    return f"{digest[:12]}…" if digest else "none"
+
+
+def _describe(source: dict[str, Any]) -> str:
+    if not source:
+        return "none"
+    if "commit" in source:
+        return f"commit {source['commit'][:12]}"
+    if "version" in source:
+        return f"{source['debian']} {source['version']}"
+    return f"sha256 {_short(source.get('sha256'))}"
