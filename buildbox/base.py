@@ -131,3 +131,28 @@ def _add_user(root: Path, user: BuildUser) -> None:
     for path in (home, *home.iterdir(), build, out):
         os.lchown(path, user.uid, user.gid)
     home.chmod(0o755)
+
+
+def renumber_user(root: Path, old: BuildUser, new: BuildUser) -> None:
+    """Give the build user of the root another uid and gid (verify's second build runs so): its
+    passwd and group entries, and whatever it owns in its home and under /build."""
+    etc = root / "etc"
+    for name, fields in (("passwd", {2: new.uid, 3: new.gid}), ("group", {2: new.gid})):
+        path = etc / name
+        if path.is_symlink():
+            raise ValueError(f"{path} is a symlink")
+        lines = []
+        for line in path.read_text().splitlines():
+            parts = line.split(":")
+            if parts[0] == old.name:
+                for index, value in fields.items():
+                    parts[index] = str(value)
+            lines.append(":".join(parts))
+        path.write_text("\n".join(lines) + "\n")
+    for top in (old.home, BUILD_DIR):
+        for folder, dirs, files in os.walk(root / top.lstrip("/")):
+            for entry in (folder, *(os.path.join(folder, n) for n in (*dirs, *files))):
+                st = os.lstat(entry)
+                if st.st_uid == old.uid or st.st_gid == old.gid:
+                    os.lchown(entry, new.uid if st.st_uid == old.uid else -1,
+                              new.gid if st.st_gid == old.gid else -1)

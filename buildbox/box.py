@@ -82,8 +82,11 @@ class Box:
     """A writable clone of `layers` (top first), mounted at self.root for the life of the block."""
 
     def __init__(self, store: Store, layers: Sequence[Path], *, label: str,
-                 upper: Path | None = None, keep: bool = False, log: Path | None = None) -> None:
+                 upper: Path | None = None, keep: bool = False, log: Path | None = None,
+                 save_failed: Path | None = None) -> None:
         self.store = store
+        self.save_failed = save_failed   # where the box's changes go if its block fails
+        self._failed = False
         self.log = log
         self.layers = list(layers)
         self.label = label
@@ -115,7 +118,8 @@ class Box:
             raise
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self._failed = exc_type is not None
         self._stack.close()
 
     def path(self, box_path: str) -> Path:
@@ -182,7 +186,20 @@ class Box:
             # Never delete through a mount: a bind of a host directory would lose its files.
             log.warn(f"not removing {self.dir}: still mounted: {', '.join(left)}")
             return
+        if self._failed and self.save_failed:
+            self._save()
         remove_tree(self.dir)
+
+    def _save(self) -> None:
+        """Keep what the failed block changed (the upper layer) and the layers under it, so that
+        `buildbox shell --failed` can put the same box together again."""
+        dest = self.save_failed
+        with self.store.lock(f"failed-{dest.name}"):
+            remove_tree(dest)
+            dest.mkdir(parents=True)
+            os.rename(self.upper, dest / "upper")
+            (dest / "failed.json").write_text(json.dumps({"layers": [str(p) for p in self.layers],
+                                                          "when": time.time()}, indent=2) + "\n")
 
 
 def _owner(pid: int | None = None) -> str:

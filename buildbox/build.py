@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from buildbox import __version__, log
-from buildbox.base import BUILDER, EPOCH, OUT, SRC
+from buildbox.base import BUILDER, EPOCH, OUT, SRC, BuildUser, renumber_user
 from buildbox.box import NAMESPACES, Box, resolve_in_root
 from buildbox.errors import BuildFailed, InputError
 from buildbox.process import run
@@ -24,17 +24,18 @@ MAX_DEPTH = 32
 NOBODY = 65534
 
 
-def build_env(recipe: Recipe) -> dict[str, str]:
+def build_env(recipe: Recipe, user: BuildUser = BUILDER) -> dict[str, str]:
     """The whole environment of a build: fixed, clean, the same on every host."""
-    env = BUILDER.login_env()
+    env = user.login_env()
     env.update({"SOURCE_DATE_EPOCH": str(EPOCH), "OUT": OUT})
     env.update(dict(recipe.env))
     return env
 
 
 def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, inputs: dict[str, Any],
-               logfile: Path, *, stream: bool, keep: bool) -> None:
-    """Build in a fresh box, check the artifacts, and fill entry/ with them and their manifest."""
+               logfile: Path, *, stream: bool, keep: bool, user: BuildUser = BUILDER) -> None:
+    """Build in a fresh box, check the artifacts, and fill entry/ with them and their manifest.
+    `user` is the build user as the base has it, or the same user under another uid (for verify)."""
     files = entry / "files"
     files.mkdir()
     started = _now()
@@ -42,19 +43,25 @@ def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, in
                else "network: off for the build (loopback only)")
     log.note(network)
     logfile.write_text(f"buildbox: {network}\n")
-    with Box(store, layers, label=f"build-{recipe.name}", keep=keep, log=logfile) as box:
+    with Box(store, layers, label=f"build-{recipe.name}", keep=keep, log=logfile,
+             save_failed=failed_box(store, recipe.name)) as box:
         if recipe.network:
             box.bind(Path("/etc/resolv.conf").resolve(), "/etc/resolv.conf")
+        if user != BUILDER:
+            renumber_user(box.root, BUILDER, user)
         log.note(f"build log: {logfile}")
         limits = recipe.limits
         # The script handed over as an argument: no quoting of user code.
         try:
             box.run(["sh", "-e", "-c", recipe.script, recipe.name], what=f"the build of {recipe.name}",
-                    user=BUILDER.spec, env=build_env(recipe), cwd=SRC, log=logfile, stream=stream,
+                    user=user.spec, env=build_env(recipe, user), cwd=SRC, log=logfile, stream=stream,
                     network=recipe.network, limits=limits.rlimits(), timeout=limits.timeout,
                     silence=limits.silence)
         except BuildFailed as err:
-            raise name_the_limit(err, recipe) from None
+            err = name_the_limit(err, recipe)
+            err.hint = "; ".join(filter(None, [err.hint, f"`buildbox shell --failed {recipe.path}` opens a "
+                                                         "shell in the box where it failed"]))
+            raise err from None
         artifacts = collect(box.root, OUT)
         if not artifacts:
             raise InputError(f"the build of {recipe.name} left $OUT ({OUT}) empty", where=recipe.at("script"),
@@ -65,7 +72,7 @@ def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, in
             shutil.copyfile(source, dest)
             os.chmod(dest, 0o755 if source.stat().st_mode & 0o111 else 0o644)
             os.utime(dest, (EPOCH, EPOCH))
-        check_in_box(box, artifacts)
+        check_in_box(box, artifacts, user)
     facts = verify_on_host(recipe, files)
     run_verify_commands(recipe, files, logfile)
     digests = {rel: file_sha256(files / rel) for rel in sorted(artifacts)}
@@ -80,7 +87,7 @@ def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, in
         },
         "key": inputs["key"],
         "inputs": {k: v for k, v in inputs.items() if k not in ("key", "materials")},
-        "isolation": {"user": f"{BUILDER.name} ({BUILDER.spec})", "network": recipe.network,
+        "isolation": {"user": f"{user.name} ({user.spec})", "network": recipe.network,
                       "namespaces": [*NAMESPACES, *([] if recipe.network else ["net"])],
                       "no_new_privs": True, "capabilities": [], "seccomp": os.uname().machine == "x86_64",
                       "limits": {**recipe.limits.rlimits(), "timeout": recipe.limits.timeout,
@@ -90,6 +97,11 @@ def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, in
                       for rel in sorted(artifacts)},
     }
     (entry / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def failed_box(store: Store, name: str) -> Path:
+    """Where the last failed build of a recipe leaves its box, for `buildbox shell --failed`."""
+    return store.root / "failed" / name
 
 
 # What a build's output says when a limit stopped it, and the limit to name.
@@ -152,7 +164,7 @@ def collect(root: Path, box_dir: str) -> dict[str, Path]:
     return found
 
 
-def check_in_box(box: Box, artifacts: dict[str, Path]) -> None:
+def check_in_box(box: Box, artifacts: dict[str, Path], user: BuildUser = BUILDER) -> None:
     """ldd inside the box: every library of every dynamic ELF must resolve there."""
     from buildbox.elf import read_elf
     for rel, real in sorted(artifacts.items()):
@@ -160,7 +172,7 @@ def check_in_box(box: Box, artifacts: dict[str, Path]) -> None:
         if info is None or info.static:
             continue
         box_path = "/" + str(real.relative_to(box.root))
-        out = box.run(["ldd", box_path], what=f"ldd {rel}", user=BUILDER.spec, env=BUILDER.login_env(),
+        out = box.run(["ldd", box_path], what=f"ldd {rel}", user=user.spec, env=user.login_env(),
                       capture=True, limits=Limits().rlimits(), timeout=600)
         missing = [line.split()[0] for line in out.splitlines() if "not found" in line]
         if missing:

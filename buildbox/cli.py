@@ -12,7 +12,7 @@ import traceback
 from pathlib import Path
 
 from buildbox import __version__, log
-from buildbox.errors import BuildboxError, BuildFailed, InputError
+from buildbox.errors import BuildboxError, InputError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -68,6 +68,8 @@ def parser() -> argparse.ArgumentParser:
     shell.add_argument("recipe", type=Path, metavar="RECIPE")
     shell.add_argument("--root", action="store_true", help="as root instead of the build user")
     shell.add_argument("--keep", action="store_true", help="leave the box when the shell exits")
+    shell.add_argument("--failed", action="store_true",
+                       help="enter the box of the recipe's last failed build, as the build left it")
     common(shell)
     return top
 
@@ -199,9 +201,10 @@ def cmd_list(args: argparse.Namespace) -> int:
                 state = "needs a build"
             if planner.store.has("builds", key):
                 size = _human(tree_size(planner.store.entry("builds", key)))
-        except BuildFailed:
-            state = "needs a build (its source ref can't be resolved yet)"
-        print(f"{recipe.name:24} {state:36} {size:>9}  {recipe.path}")
+        except BuildboxError:
+            state = "needs a build (not resolved yet)"
+        locked = f" (locked: {recipe.lock.path.name})" if recipe.lock else ""
+        print(f"{recipe.name:24} {state:36} {size:>9}  {recipe.path}{locked}")
     if planner.store.root.is_dir():
         sizes = {kind: tree_size(planner.store.root / kind) for kind in (*KINDS, "debs")}
         print("cache: " + ", ".join(f"{kind} {_human(size)}" for kind, size in sizes.items() if size)
@@ -269,8 +272,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_shell(args: argparse.Namespace) -> int:
-    """Packages installed and source in place, as for the build; the shell's exit is ours."""
-    from buildbox.base import BUILDER
+    """Packages installed and source in place, as for the build (or as a failed build left
+    them, with --failed); the shell's exit is ours."""
+    from buildbox.base import BUILDER, SRC
     from buildbox.box import Box
     from buildbox.build import build_env
     from buildbox.store import Store
@@ -280,8 +284,11 @@ def cmd_shell(args: argparse.Namespace) -> int:
     _need_root()
     log.quiet = True
     planner = Planner(Store(args.cache), [recipe], Path("out"), stream=False)
-    planner.run(stage="source")
-    layers = [planner.store.entry("sources", planner.source_key(recipe)), *planner.lower_layers(recipe)]
+    if args.failed:
+        layers = _failed_layers(planner.store, recipe)
+    else:
+        planner.run(stage="source")
+        layers = [planner.store.entry("sources", planner.source_key(recipe)), *planner.lower_layers(recipe)]
     env = build_env(recipe)
     env.update({"PS1": f"{recipe.name}:\\w \\$ ", "TERM": os.environ.get("TERM", "xterm")})
     if args.root:
@@ -292,9 +299,30 @@ def cmd_shell(args: argparse.Namespace) -> int:
     with Box(planner.store, layers, label=f"shell-{recipe.name}", keep=args.keep) as box:
         box.run(["bash", "--norc", "--noprofile", "-i"], what=f"a shell in {recipe.name}",
                 user=None if args.root else BUILDER.spec, env=env,
-                cwd=env["HOME"], network=recipe.network,
+                cwd=SRC if args.failed else env["HOME"], network=recipe.network,
                 limits=recipe.limits.rlimits(), interactive=True)
     return 0
+
+
+def _failed_layers(store, recipe) -> list[Path]:
+    """The layers of the box the recipe's last failed build left: its changes over its lower layers."""
+    import time
+    from buildbox.build import failed_box
+    saved = failed_box(store, recipe.name)
+    try:
+        info = json.loads((saved / "failed.json").read_text())
+    except (OSError, ValueError):
+        raise InputError(f"{recipe.name} has no failed build in {store.root}", where=str(recipe.path),
+                         hint="a build that fails leaves its box for --failed; without it, "
+                         f"`buildbox shell {recipe.path}` opens a fresh one") from None
+    layers = [saved / "upper", *map(Path, info["layers"])]
+    if not all(layer.is_dir() for layer in layers):
+        raise InputError(f"the layers under {recipe.name}'s failed box are gone (gc or clean removed them)",
+                         where=str(recipe.path), hint=f"run `buildbox run {recipe.path}` again")
+    minutes = (time.time() - info["when"]) / 60
+    log.say(f"buildbox: the box of {recipe.name}'s build that failed {minutes:.0f} min ago; "
+            f"the build log is {store.root / 'logs' / recipe.name / 'build.log'}")
+    return layers
 
 
 def _need_root() -> None:

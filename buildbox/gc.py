@@ -71,6 +71,10 @@ def gc(store: Store, *, max_size: int | None = None, older_than: float | None = 
                 removed.append(entry)
         for entry in removed:
             remove_tree(entry.path)
+        # A failed build's box is kept for `shell --failed` only while the layers under it are.
+        for saved in sorted((store.root / "failed").glob("*/failed.json")):
+            if not all(Path(layer).is_dir() for layer in json.loads(saved.read_text())["layers"]):
+                remove_tree(saved.parent)
     return removed
 
 
@@ -78,6 +82,6 @@ def clean(store: Store) -> None:
     """Remove everything but the downloaded and bootstrapped sets."""
     with store.in_use(exclusive=True):
         reap_dead_boxes(store)
-        for name in ("bases", "layers", "sources", "builds", "debs", "logs", "verify", "doit.sqlite3"):
+        for name in ("bases", "layers", "sources", "builds", "failed", "debs", "logs", "verify", "doit.sqlite3"):
             remove_tree(store.root / name)
         store.remove_stale_tmp()

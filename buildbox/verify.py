@@ -14,16 +14,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from buildbox import log
+from buildbox.base import BUILDER, BuildUser
 from buildbox.build import MANIFEST, make_build
 from buildbox.recipe import Recipe
 from buildbox.store import remove_tree
 from buildbox.tasks import Planner
 
-# What the second build changes outside the box; none of it may change a byte of the artifacts.
+# What the second build changes outside the box, and the build user's uid inside it; none of it
+# may change a byte of the artifacts.
 VARIATIONS = [
-    {"umask": 0o022, "env": {}},
+    {"umask": 0o022, "env": {}, "user": BUILDER},
     {"umask": 0o077, "env": {"LANG": "fr_FR.UTF-8", "LC_ALL": "fr_FR.UTF-8", "TZ": "Pacific/Kiritimati",
-                             "HOME": "/nonexistent", "BUILDBOX_VARIATION": "2"}},
+                             "HOME": "/nonexistent", "BUILDBOX_VARIATION": "2"},
+     "user": BuildUser(BUILDER.name, 2000, 2000)},
 ]
 
 
@@ -39,7 +42,7 @@ def host_conditions(umask: int, env: dict[str, str]) -> Iterator[None]:
         os.environ.update(old_env)
 
 
-def build_fresh(planner: Planner, recipe: Recipe, label: str, places: list[Path]) -> Path:
+def build_fresh(planner: Planner, recipe: Recipe, label: str, places: list[Path], user: BuildUser) -> Path:
     """One build of recipe in a fresh box, outside the cache's build entries; returns its folder
     (listed in places first, so that it is removed whatever happens)."""
     key = planner.build_key(recipe)
@@ -48,7 +51,7 @@ def build_fresh(planner: Planner, recipe: Recipe, label: str, places: list[Path]
     places.append(place)
     with log.step(f"Building {recipe.name} ({label})"):
         make_build(planner.store, recipe, layers, place, planner.inputs(recipe, key),
-                   planner.logfile(recipe.name, f"verify-{label}"), stream=False, keep=False)
+                   planner.logfile(recipe.name, f"verify-{label}"), stream=False, keep=False, user=user)
     return place
 
 
@@ -65,11 +68,11 @@ def compare(recipe: Recipe, planner: Planner, against: Path | None) -> list[str]
             theirs = digests(json.loads(against.read_text()))
             first = None
         else:
-            with host_conditions(**VARIATIONS[0]):
-                first = build_fresh(planner, recipe, "first", builds)
+            with host_conditions(VARIATIONS[0]["umask"], VARIATIONS[0]["env"]):
+                first = build_fresh(planner, recipe, "first", builds, VARIATIONS[0]["user"])
             theirs = digests(json.loads((first / MANIFEST).read_text()))
-        with host_conditions(**VARIATIONS[1]):
-            second = build_fresh(planner, recipe, "second", builds)
+        with host_conditions(VARIATIONS[1]["umask"], VARIATIONS[1]["env"]):
+            second = build_fresh(planner, recipe, "second", builds, VARIATIONS[1]["user"])
         ours = digests(json.loads((second / MANIFEST).read_text()))
         lines = []
         for rel in sorted(set(theirs) | set(ours)):

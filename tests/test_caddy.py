@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -46,3 +49,29 @@ def test_caddy_is_reproducible_across_two_varied_builds() -> None:
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert "caddy is reproducible" in result.stdout
     assert mounts_under(cache) == []
+
+
+def test_caddy_locked_builds_the_same_sha256_on_an_empty_cache(tmp_path: Path) -> None:
+    """`buildbox lock` then `run` on another machine's (empty) cache: the same caddy, bit for bit."""
+    cache = Path(os.environ.get("BUILDBOX_CACHE", REPO / "cache"))
+    recipes = tmp_path / "recipes"
+    shutil.copytree(REPO / "recipes", recipes, ignore=shutil.ignore_patterns("*.lock"))
+
+    def buildbox(*args: str | Path) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([sys.executable, "-m", "buildbox", *map(str, args)], cwd=tmp_path,
+                                capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+        assert result.returncode == 0, result.stdout + result.stderr[-5000:]
+        return result
+
+    buildbox("lock", "recipes/caddy.toml", "--cache", cache)
+    lock = tomllib.loads((recipes / "caddy.lock").read_text())
+    assert lock["source"]["debian"] == "caddy" and lock["source"]["version"].startswith("2.6.2-")
+    assert "golang-1.19-go" in lock["packages"] and "dpkg-dev" in lock["packages"]
+
+    here = buildbox("run", "recipes/caddy.toml", "-q", "--cache", cache, "--out", tmp_path / "here")
+    there = buildbox("run", "recipes/caddy.toml", "-q", "--cache", tmp_path / "empty-cache", "--out", tmp_path / "there")
+    assert ran(there) == {"set", "base", "layer", "source", "build", "out"}, there.stderr
+    digest = hashlib.sha256((tmp_path / "here" / "caddy" / "caddy").read_bytes()).hexdigest()
+    assert hashlib.sha256((tmp_path / "there" / "caddy" / "caddy").read_bytes()).hexdigest() == digest
+    assert f"{digest}  " in here.stdout and f"{digest}  " in there.stdout
+    assert mounts_under(tmp_path) == [] and mounts_under(cache) == []

@@ -45,3 +45,12 @@ def test_a_differing_binary_is_explained_by_the_elf_sections_that_differ(workspa
     assert "differs: stampbin" in result.stdout
     sections = result.stdout.split("ELF sections that differ: ")[1].splitlines()[0].split(", ")
     assert ".rodata" in sections and ".text" not in sections, sections
+
+
+def test_the_second_build_runs_under_another_uid_and_a_build_that_records_it_differs(workspace: Workspace) -> None:
+    recipe = shell_recipe(workspace, "whoami", 'id -u > "$OUT/uid"\nid -un > "$OUT/name"\n'
+                          'stat -c %u /build/src/README "$HOME" > "$OUT/owners"\nls -ln /build/src > /dev/null')
+    result = workspace.buildbox("verify", recipe, check=1)
+    differing = sorted(line.split(": ")[1] for line in result.stdout.splitlines() if line.startswith("differs: "))
+    # The uid and what the user owns change; the user's name does not.
+    assert differing == ["owners", "uid"], result.stdout

@@ -1,0 +1,92 @@
+"""Lock files on their own (no root): what is written, what is kept on a rewrite, what is refused."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from buildbox.errors import InputError
+from buildbox.lock import lock_path, write_lock
+from buildbox.recipe import load_recipe
+from test_recipe import GOOD, REPO, write
+
+COMMIT = "c" * 40
+PINS = {"sets": ["a" * 64],
+        "packages": {"bash": {"version": "5.2.15-2+b13", "arch": "amd64", "sha256": "1" * 64},
+                     "golang-go": {"version": "2:1.19~1", "arch": "amd64", "sha256": "2" * 64}},
+        "source": {"git": "https://example.org/hello.git", "commit": COMMIT}}
+
+
+def locked(tmp_path: Path) -> Path:
+    recipe = write(tmp_path, GOOD)
+    write_lock(load_recipe(recipe), PINS)
+    return recipe
+
+
+def test_a_written_lock_reads_back_as_the_same_pins(tmp_path: Path) -> None:
+    recipe = load_recipe(locked(tmp_path))
+    assert recipe.lock is not None and recipe.lock.path == tmp_path / "hello.lock"
+    assert recipe.lock.pins == PINS
+    data = tomllib.loads((tmp_path / "hello.lock").read_text())
+    assert data["request"]["install"] == ["git", "golang-go"]
+    assert data["packages"]["golang-go"] == {"version": "2:1.19~1", "arch": "amd64", "sha256": "2" * 64}
+    # Each package on a line of its own, so that an error can name it.
+    text = (tmp_path / "hello.lock").read_text().splitlines()
+    assert recipe.lock.at("golang-go") == f"{tmp_path / 'hello.lock'}:{text.index(next(l for l in text if l.startswith('golang-go'))) + 1}"
+
+
+def test_a_rewrite_keeps_comments_and_reports_what_changed(tmp_path: Path) -> None:
+    recipe = locked(tmp_path)
+    path = lock_path(recipe)
+    text = path.read_text().replace("bash = {", "# ops: bash pinned for CVE review\nbash = {")
+    path.write_text("# nightly lock\n" + text.replace(f'"{COMMIT}"', f'"{COMMIT}"  # release 1.0'))
+    newer = {**PINS, "packages": {**PINS["packages"], "golang-go": {"version": "2:1.19~2", "arch": "amd64",
+                                                                     "sha256": "3" * 64},
+                                  "git": {"version": "1:2.39.5-0+deb12u2", "arch": "amd64", "sha256": "4" * 64}}}
+    changes = write_lock(load_recipe(recipe, locked=False), newer)
+    assert changes == ["package git: added at 1:2.39.5-0+deb12u2", "package golang-go: 2:1.19~1 -> 2:1.19~2"]
+    rewritten = path.read_text()
+    assert rewritten.startswith("# nightly lock\n")
+    assert "# ops: bash pinned for CVE review\nbash = {" in rewritten
+    assert f'"{COMMIT}"  # release 1.0' in rewritten
+    assert load_recipe(recipe).lock.pins == newer
+    assert write_lock(load_recipe(recipe), newer) == []
+
+
+@pytest.mark.parametrize("edit, line_of, words", [
+    (lambda t: t.replace('"' + "a" * 64 + '"', '"abc"'), "sha256 = \"abc\"", "64 lowercase hex"),
+    (lambda t: t.replace("format = 1", "format = 7"), "format = 7", "lock format 7"),
+    (lambda t: t.replace('version = "5.2.15-2+b13", ', ""), "bash = ", "package 'bash' must be"),
+    (lambda t: t.replace("commit = ", "comit = "), "[source]", "[source] must hold"),
+    (lambda t: t.replace("[packages]", "[packages\n"), "[packages", "not valid TOML"),
+])
+def test_a_broken_lock_is_one_line_naming_its_line_and_how_to_rewrite_it(tmp_path: Path, edit, line_of: str,
+                                                                         words: str) -> None:
+    recipe = locked(tmp_path)
+    path = lock_path(recipe)
+    text = edit(path.read_text())
+    path.write_text(text)
+    line = next(n for n, l in enumerate(text.splitlines(), 1) if l.startswith(line_of))
+    with pytest.raises(InputError) as caught:
+        load_recipe(recipe)
+    assert caught.value.where == f"{path}:{line}"
+    assert words in str(caught.value)
+    result = subprocess.run([sys.executable, "-m", "buildbox", "list", str(recipe), "--cache", str(tmp_path / "c")],
+                            capture_output=True, text=True, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert f"{path}:{line}:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_lock_for_what_the_recipe_no_longer_asks_is_refused_at_the_recipe_line(tmp_path: Path) -> None:
+    recipe = locked(tmp_path)
+    recipe.write_text(recipe.read_text().replace('"git", "golang-go"', '"git", "golang-go", "file"'))
+    with pytest.raises(InputError) as caught:
+        load_recipe(recipe)
+    assert caught.value.where == f"{recipe}:2"   # [packages]
+    assert "[packages] install changed since hello.lock was written" in str(caught.value)
+    assert f"buildbox lock {recipe}" in str(caught.value)
+    assert load_recipe(recipe, locked=False).lock is None
