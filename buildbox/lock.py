@@ -44,12 +44,13 @@ def lock_path(recipe_path: Path) -> Path:
 
 def request(recipe: Recipe) -> dict[str, Any]:
     """What the recipe asks for that a lock resolves: a lock is for exactly this."""
-    sets = [spec.url if isinstance(spec, TarballSet) else
+    sets = [f"{spec.url} {spec.sha256}" if isinstance(spec, TarballSet) else
             f"mmdebstrap {spec.mirror} {spec.suite} {spec.variant} {' '.join(spec.packages)}".strip()
             for spec in recipe.base.sets]
     source = recipe.source
     described = (f"git {source.url} {source.ref}" if isinstance(source, GitSource) else
-                 f"debian {source.package}" if isinstance(source, DebianSource) else f"url {source.url}")
+                 f"debian {source.package}" if isinstance(source, DebianSource) else
+                 f"url {source.url} {source.sha256}")
     return {"sets": sets, "install": sorted(recipe.install), "build-deps": sorted(recipe.build_deps),
             "source": described}
 

@@ -3,7 +3,6 @@ host is checked afterwards (canary unchanged, the test server saw no connection,
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -133,7 +132,7 @@ def server():
 def escape_recipe(ws: Workspace, canary: Path, port: int, *, network: bool = False) -> Path:
     recipe = shell_recipe(ws, "escape", SCRIPT)
     env = f'env = {{ CANARY = "{canary}", PORT = "{port}", HOST_PID = "{os.getpid()}" }}\n'
-    text = recipe.read_text().replace("[build]\n", "[build]\n" + env + (f"network = true\n" if network else ""))
+    text = recipe.read_text().replace("[build]\n", "[build]\n" + env + ("network = true\n" if network else ""))
     text += '[limits]\nmemory = "1G"\nprocesses = 64\nfile-size = "16M"\n'
     recipe.write_text(text)
     return recipe

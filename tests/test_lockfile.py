@@ -90,3 +90,14 @@ def test_a_lock_for_what_the_recipe_no_longer_asks_is_refused_at_the_recipe_line
     assert "[packages] install changed since hello.lock was written" in str(caught.value)
     assert f"buildbox lock {recipe}" in str(caught.value)
     assert load_recipe(recipe, locked=False).lock is None
+
+
+def test_a_new_digest_in_the_recipe_makes_its_lock_stale(tmp_path: Path) -> None:
+    old, new = "a" * 64, "b" * 64
+    recipe = write(tmp_path, f'[source]\nurl = "https://example.org/x.tar.gz"\nsha256 = "{old}"\n'
+                             '[build]\nscript = "true"\n')
+    write_lock(load_recipe(recipe), {**PINS, "source": {"url": "https://example.org/x.tar.gz", "sha256": old}})
+    assert load_recipe(recipe).lock.pins["source"]["sha256"] == old
+    recipe.write_text(recipe.read_text().replace(old, new))
+    with pytest.raises(InputError, match=r"\[source\] changed since hello.lock was written"):
+        load_recipe(recipe)

@@ -8,10 +8,8 @@ import http.server
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
