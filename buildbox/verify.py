@@ -3,10 +3,12 @@ matter, or once against a manifest from elsewhere; what differs is named, down t
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 from contextlib import contextmanager
@@ -21,22 +23,40 @@ from buildbox.store import remove_tree
 from buildbox.tasks import Planner
 
 # What the second build changes outside the box, and the build user's uid inside it; none of it
-# may change a byte of the artifacts.
+# may change a byte of the artifacts. (The box path changes on every build.)
 VARIATIONS = [
-    {"umask": 0o022, "env": {}, "user": BUILDER},
+    {"umask": 0o022, "env": {}, "hostname": None, "user": BUILDER},
     {"umask": 0o077, "env": {"LANG": "fr_FR.UTF-8", "LC_ALL": "fr_FR.UTF-8", "TZ": "Pacific/Kiritimati",
                              "HOME": "/nonexistent", "BUILDBOX_VARIATION": "2"},
-     "user": BuildUser(BUILDER.name, 2000, 2000)},
+     "hostname": "elsewhere.invalid", "user": BuildUser(BUILDER.name, 2000, 2000)},
 ]
+CLONE_NEWUTS = 0x04000000
+
+
+def describe(variation: dict) -> str:
+    env = ", ".join(f"{k}={v}" for k, v in variation["env"].items())
+    return (f"host umask {variation['umask']:03o}, host environment {env or 'unchanged'}, host name "
+            f"{variation['hostname'] or 'unchanged'}, build user uid {variation['user'].uid}")
 
 
 @contextmanager
-def host_conditions(umask: int, env: dict[str, str]) -> Iterator[None]:
-    old_umask, old_env = os.umask(umask), dict(os.environ)
-    os.environ.update(env)
+def host_conditions(variation: dict) -> Iterator[None]:
+    """The host as the build sees it from outside: umask, environment and, in a UTS namespace
+    of this thread's own (undone after), another host name."""
+    old_umask, old_env = os.umask(variation["umask"]), dict(os.environ)
+    os.environ.update(variation["env"])
+    libc = ctypes.CDLL(None, use_errno=True)
+    home_uts = os.open("/proc/thread-self/ns/uts", os.O_RDONLY) if variation["hostname"] else None
     try:
+        if home_uts is not None:
+            if libc.unshare(CLONE_NEWUTS) != 0:
+                raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWUTS)")
+            socket.sethostname(variation["hostname"])
         yield
     finally:
+        if home_uts is not None:
+            libc.setns(home_uts, CLONE_NEWUTS)
+            os.close(home_uts)
         os.umask(old_umask)
         os.environ.clear()
         os.environ.update(old_env)
@@ -68,10 +88,11 @@ def compare(recipe: Recipe, planner: Planner, against: Path | None) -> list[str]
             theirs = digests(json.loads(against.read_text()))
             first = None
         else:
-            with host_conditions(VARIATIONS[0]["umask"], VARIATIONS[0]["env"]):
+            with host_conditions(VARIATIONS[0]):
                 first = build_fresh(planner, recipe, "first", builds, VARIATIONS[0]["user"])
             theirs = digests(json.loads((first / MANIFEST).read_text()))
-        with host_conditions(VARIATIONS[1]["umask"], VARIATIONS[1]["env"]):
+        log.say(f"verify: the second build runs with {describe(VARIATIONS[1])}")
+        with host_conditions(VARIATIONS[1]):
             second = build_fresh(planner, recipe, "second", builds, VARIATIONS[1]["user"])
         ours = digests(json.loads((second / MANIFEST).read_text()))
         lines = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -49,8 +50,20 @@ def test_a_differing_binary_is_explained_by_the_elf_sections_that_differ(workspa
 
 def test_the_second_build_runs_under_another_uid_and_a_build_that_records_it_differs(workspace: Workspace) -> None:
     recipe = shell_recipe(workspace, "whoami", 'id -u > "$OUT/uid"\nid -un > "$OUT/name"\n'
-                          'stat -c %u /build/src/README "$HOME" > "$OUT/owners"\nls -ln /build/src > /dev/null')
+                          'stat -c %u /build/src/README "$HOME" > "$OUT/owners"\nuname -n > "$OUT/node"')
     result = workspace.buildbox("verify", recipe, check=1)
+    assert "host name elsewhere.invalid, build user uid 2000" in result.stderr
     differing = sorted(line.split(": ")[1] for line in result.stdout.splitlines() if line.startswith("differs: "))
-    # The uid and what the user owns change; the user's name does not.
+    # The uid and what the user owns change; the user's name and the box's host name do not.
     assert differing == ["owners", "uid"], result.stdout
+
+
+def test_the_second_builds_host_name_is_another_and_the_hosts_own_comes_back() -> None:
+    import socket
+    from buildbox.verify import VARIATIONS, host_conditions
+    ours = socket.gethostname()
+    with host_conditions(VARIATIONS[1]):
+        assert socket.gethostname() == "elsewhere.invalid"
+        assert subprocess.run(["hostname"], capture_output=True, text=True).stdout.strip() == "elsewhere.invalid"
+    assert socket.gethostname() == ours
+    assert subprocess.run(["hostname"], capture_output=True, text=True).stdout.strip() == ours
