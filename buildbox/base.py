@@ -46,12 +46,18 @@ class BuildUser:
 BUILDER = BuildUser("builder", 1000, 1000)
 
 
-def make_base(root: Path, set_tarballs: list[tuple[str, Path]], user: BuildUser = BUILDER) -> None:
-    """Unpack the sets into root, in order, then configure it for building."""
+def make_base(root: Path, sets: list[tuple[str, Path]], user: BuildUser = BUILDER) -> None:
+    """Put the sets into root, in order (a tarball unpacked, a bootstrap's tree copied), then
+    configure it for building. root may already be an overlay on the first sets (the usual case:
+    a bootstrap is a layer under its base, not a copy in it)."""
+    from buildbox.process import run
     from buildbox.sets import extract   # tarfile and friends: not on the cached path
-    root.mkdir()
-    for label, tarball in set_tarballs:
-        extract(tarball, root, what=label)
+    root.mkdir(exist_ok=True)
+    for label, path in sets:
+        if path.is_dir():
+            run(["cp", "-a", "--", f"{path}/.", str(root)], what=f"copying {label} into the base")
+        else:
+            extract(path, root, what=label)
     _write_etc(root)
     _make_dev(root)
     _add_user(root, user)

@@ -102,24 +102,36 @@ def _download(url: str, part: Path) -> None:
 
 
 def make_bootstrap(spec: BootstrapSet, dest: Path, logfile: Path) -> None:
-    """Bootstrap Debian with mmdebstrap into the tarball dest (reproducible: fixed SOURCE_DATE_EPOCH)."""
+    """Bootstrap Debian with mmdebstrap into the directory dest, a read-only layer from then on.
+
+    A directory, not a tarball: a base is an overlay on its bootstrap, so nothing is unpacked.
+    mmdebstrap is reproducible with SOURCE_DATE_EPOCH fixed, but only its tarballs clamp mtimes;
+    here they are clamped the same way, so that the tree, and its digest, depend on nothing else.
+    """
     if not shutil.which("mmdebstrap"):
         raise InputError("mmdebstrap is not installed", hint="apt-get install mmdebstrap")
-    part = dest.with_name(dest.name + ".part.tar")
-    argv = ["mmdebstrap", "--mode=root", f"--variant={spec.variant}", "--format=tar",
+    dest.mkdir()
+    argv = ["mmdebstrap", "--mode=root", f"--variant={spec.variant}", "--format=directory",
             # buildbox makes its own minimal /dev in the base; a set holds no device nodes.
             "--skip=output/dev"]
     if spec.packages:
         argv.append(f"--include={','.join(spec.packages)}")
     # deb-src too: recipes install the Build-Depends of, and fetch, Debian source packages.
-    argv += [spec.suite, str(part), f"deb {spec.mirror} {spec.suite} main",
+    argv += [spec.suite, str(dest), f"deb {spec.mirror} {spec.suite} main",
              f"deb-src {spec.mirror} {spec.suite} main"]
-    env = dict(os.environ, SOURCE_DATE_EPOCH=str(EPOCH))
-    try:
-        run(argv, what=f"mmdebstrap of {spec.suite} from {spec.mirror}", env=env, log=logfile)
-        os.replace(part, dest)
-    finally:
-        part.unlink(missing_ok=True)
+    run(argv, what=f"mmdebstrap of {spec.suite} from {spec.mirror}", env=dict(os.environ, SOURCE_DATE_EPOCH=str(EPOCH)),
+        log=logfile)
+    # apt hands its partial/ folders to its _apt user only when _apt can reach them on the host:
+    # not under a cache inside /root or a private tmp. Their owner must not depend on the path.
+    for partial in ("var/lib/apt/lists/partial", "var/cache/apt/archives/partial"):
+        if (dest / partial).is_dir() and not (dest / partial).is_symlink():
+            os.chown(dest / partial, 0, 0)
+    for folder, dirs, files in os.walk(dest):
+        for name in (*dirs, *files):
+            path = os.path.join(folder, name)
+            if os.lstat(path).st_mtime > EPOCH:
+                os.utime(path, (EPOCH, EPOCH), follow_symlinks=False)
+    os.utime(dest, (EPOCH, EPOCH))
 
 
 def extract(tar_path: Path, root: Path, *, what: str, owner: tuple[int, int] | None = None,

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 
 
 # Bump when what a stage puts in its entry changes, so that old entries are not taken for new ones.
-FORMAT = 2
+FORMAT = 3
 
 
 def content_key(kind: str, inputs: dict[str, Any]) -> str:
@@ -34,6 +35,28 @@ def file_sha256(path: Path) -> str:
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
+    return digest.hexdigest()
+
+
+def tree_sha256(root: Path) -> str:
+    """The digest of a tree: every path with its type, mode, owner, mtime and content (a symlink's
+    target, a device's numbers), in a fixed order. Two trees with one digest are the same tree."""
+    digest = hashlib.sha256()
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        rel = os.path.relpath(folder, root)
+        for name in sorted((*dirs, *files)):
+            path = os.path.join(folder, name)
+            st = os.lstat(path)
+            fields = [os.path.normpath(os.path.join(rel, name)), f"{st.st_mode:o}", str(st.st_uid), str(st.st_gid),
+                      str(int(st.st_mtime))]
+            if stat.S_ISREG(st.st_mode):
+                fields.append(file_sha256(Path(path)))
+            elif stat.S_ISLNK(st.st_mode):
+                fields.append(os.readlink(path))
+            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                fields.append(str(st.st_rdev))
+            digest.update("\0".join(fields).encode(errors="surrogateescape") + b"\n")
     return digest.hexdigest()
 
 

@@ -22,7 +22,7 @@ from buildbox.base import BUILDER, EPOCH, make_base
 from buildbox.box import SANDBOX_VERSION
 from buildbox.errors import BuildboxError, BuildFailed, InputError, Interrupted
 from buildbox.recipe import Base, BootstrapSet, DebianSource, GitSource, Recipe, Set, TarballSet, UrlSource
-from buildbox.store import Store, content_key, file_sha256, read_meta, write_meta
+from buildbox.store import Store, content_key, read_meta, tree_sha256, write_meta
 
 
 class Planner:
@@ -133,12 +133,13 @@ class Planner:
     def set_kind(self, spec: Set) -> str:
         return "downloads" if isinstance(spec, TarballSet) else "bootstraps"
 
-    def base_root(self, recipe: Recipe) -> Path:
-        return self.store.entry("bases", self.base_key(recipe)) / "root"
+    def base_layers(self, recipe: Recipe) -> list[Path]:
+        """The read-only layers of the recipe's base, top first: the base over its bootstraps."""
+        return [self.store.entry("bases", self.base_key(recipe)) / "root", *self._under_base(self.sets(recipe))]
 
     def lower_layers(self, recipe: Recipe) -> list[Path]:
         """The read-only layers of a box for this recipe, top first: packages over the base."""
-        return [self.store.entry("layers", self.layer_key(recipe)) / "root", self.base_root(recipe)]
+        return [self.store.entry("layers", self.layer_key(recipe)) / "root", *self.base_layers(recipe)]
 
     def out_dir(self, recipe: Recipe) -> Path:
         return self.out_root / recipe.name
@@ -159,15 +160,15 @@ class Planner:
                           lambda tmp: self._bootstrap(spec, tmp, digest, where))
 
     def _bootstrap(self, spec: BootstrapSet, tmp: Path, digest: str | None = None, where: str = "") -> str:
-        """mmdebstrap into tmp/file; a locked bootstrap must come out with its pinned digest."""
+        """mmdebstrap into tmp/root; a locked bootstrap must come out with its pinned digest."""
         from buildbox.sets import make_bootstrap
         with log.step(f"Bootstrapping Debian {spec.suite} ({spec.variant}) with mmdebstrap"):
             try:
-                make_bootstrap(spec, tmp / "file", self.logfile("bootstrap", self.set_key(spec)[:12]))
+                make_bootstrap(spec, tmp / "root", self.logfile("bootstrap", self.set_key(spec)[:12]))
             except BuildFailed as err:
                 from buildbox.packages import explain_apt_failure
                 raise explain_apt_failure(err, spec.where) from None
-        got = file_sha256(tmp / "file")
+        got = tree_sha256(tmp / "root")
         if digest and got != digest:
             raise InputError(f"mmdebstrap now makes {spec.suite} with sha256 {got[:12]}…, not the locked "
                              f"{digest[:12]}…: {spec.mirror} has changed since the lock was written", where=where,
@@ -177,8 +178,10 @@ class Planner:
                          "packages": list(spec.packages)})
         return got
 
-    def set_tarball(self, spec: Set, digest: str | None = None) -> Path:
-        return self.store.entry(self.set_kind(spec), self.set_key(spec, digest)) / "file"
+    def set_path(self, spec: Set, digest: str | None = None) -> Path:
+        """A tarball set's file, or a bootstrap's tree."""
+        return self.store.entry(self.set_kind(spec), self.set_key(spec, digest)) / (
+            "file" if isinstance(spec, TarballSet) else "root")
 
     def set_digest(self, spec: Set, digest: str | None = None) -> str:
         if isinstance(spec, TarballSet):
@@ -189,21 +192,38 @@ class Planner:
         self._make_base(recipe.base, self.sets(recipe))
 
     def _make_base(self, base: Base, sets: list[tuple[Set, str | None]]) -> str:
+        """The base: an overlay layer over its leading bootstrap sets (nothing of them copied),
+        holding the sets after them and buildbox's own /etc, /dev and build user."""
+        from buildbox.box import Box
         key = self._base_key([self.set_key(s, d) for s, d in sets])
+        under = self._under_base(sets)
+        rest = [(f"{s.where}: set {i + 1}", self.set_path(s, d)) for i, (s, d) in enumerate(sets)][len(under):]
 
         def make(tmp: Path) -> None:
             with log.step(f"Making the base {base.name} from {len(sets)} set(s)"):
-                make_base(tmp / "root", [(f"{s.where}: set {i + 1}", self.set_tarball(s, d))
-                                         for i, (s, d) in enumerate(sets)])
+                if under:
+                    with Box(self.store, under, label="base", upper=tmp / "root") as box:
+                        make_base(box.root, rest)
+                else:
+                    make_base(tmp / "root", rest)
             write_meta(tmp, {"base": base.name, "sets": [self.set_digest(s, d) for s, d in sets]})
         self.store.ensure("bases", key, make)
         return key
 
+    def _under_base(self, sets: list[tuple[Set, str | None]]) -> list[Path]:
+        """The bootstrap trees a base is layered on, top first: those of its leading bootstrap sets."""
+        under = []
+        for spec, digest in sets:
+            if not isinstance(spec, BootstrapSet):
+                break
+            under.insert(0, self.set_path(spec, digest))
+        return under
+
     def make_layer(self, recipe: Recipe) -> None:
         self.store.ensure("layers", self.layer_key(recipe),
-                          lambda tmp: self._install(recipe, tmp, self.base_root(recipe)))
+                          lambda tmp: self._install(recipe, tmp, self.base_layers(recipe)))
 
-    def _install(self, recipe: Recipe, tmp: Path, base_root: Path) -> None:
+    def _install(self, recipe: Recipe, tmp: Path, base: list[Path]) -> None:
         from buildbox.packages import explain_apt_failure, make_layer
         if recipe.lock:
             what = f"the {len(recipe.lock.pins['packages'])} packages of {recipe.lock.path.name}"
@@ -211,7 +231,7 @@ class Planner:
             what = ", ".join(recipe.install + tuple(f"build-deps of {p}" for p in recipe.build_deps)) or "nothing"
         with log.step(f"Installing packages into a layer ({what})"):
             try:
-                make_layer(self.store, [base_root], recipe.install, recipe.build_deps, tmp,
+                make_layer(self.store, base, recipe.install, recipe.build_deps, tmp,
                            self.logfile(recipe.name, "packages"), lock=recipe.lock)
             except BuildFailed as err:
                 raise explain_apt_failure(err, recipe.at("packages"), recipe.lock) from None
@@ -265,14 +285,14 @@ class Planner:
                 self.store.add("bootstraps", bootstrap)
                 sets.append((spec, digest))
         base_key = self._make_base(recipe.base, sets)
-        base_root = self.store.entry("bases", base_key) / "root"
+        base = [self.store.entry("bases", base_key) / "root", *self._under_base(sets)]
 
         def install(tmp: Path) -> str:
-            self._install(recipe, tmp, base_root)
+            self._install(recipe, tmp, base)
             return self._locked_layer_key(base_key, read_meta(tmp)["packages"])
         layer = self.store.entry("layers", self.store.add("layers", install))
         packages = read_meta(layer)["packages"]
-        layers = [layer / "root", base_root]
+        layers = [layer / "root", *base]
         source = recipe.source
         if isinstance(source, UrlSource):
             pin = {"url": source.url, "sha256": source.sha256}

@@ -118,3 +118,18 @@ def git(repo: Path, *args: str) -> str:
                GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.invalid")
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True,
                           env=env).stdout.strip()
+
+
+def bootstrap_tarball(ws: Workspace, dest: Path) -> Path:
+    """The session's Debian bootstrap (made by a first run if need be) packed as a tarball set."""
+    def trees() -> list[Path]:
+        return sorted(ws.cache.glob("bootstraps/[!.]*/root"))
+    if not trees():
+        source = ws.root / "nothing.tar"
+        subprocess.run(["tar", "-cf", source, "--files-from=/dev/null"], check=True)
+        import hashlib
+        ws.buildbox("run", ws.recipe("warmup", f'[source]\nurl = "{source}"\n'
+                                               f'sha256 = "{hashlib.sha256(source.read_bytes()).hexdigest()}"\n'
+                                               '[build]\nscript = "echo > $OUT/x"\n'), "-q")
+    subprocess.run(["tar", "-C", trees()[0], "--numeric-owner", "-cf", dest, "."], check=True)
+    return dest

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Workspace, git, mounts_under, ran
+from conftest import Workspace, bootstrap_tarball, git, mounts_under, ran
 
 pytestmark = pytest.mark.integration
 
@@ -101,7 +101,7 @@ def test_tarball_sets_over_http_are_verified_and_unpacked_in_order(
         workspace: Workspace, http_server, tmp_path: Path) -> None:
     folder, url = http_server
     # The first set: the Debian bootstrap this cache already holds (made by an earlier recipe or now).
-    bootstrap = _bootstrap_tarball(workspace, tmp_path)
+    bootstrap = bootstrap_tarball(workspace, tmp_path / "bootstrap.tar")
     shutil.copy(bootstrap, folder / "debian.tar")
     # The second set overrides a file of the first: sets are unpacked in order.
     with tarfile.open(folder / "extra.tar.gz", "w:gz") as tar:
@@ -145,16 +145,6 @@ def test_tarball_sets_over_http_are_verified_and_unpacked_in_order(
     assert f"expected {wrong}, got {sha['extra.tar.gz']}" in failed.stderr
     assert not (workspace.cache / "downloads" / wrong).exists()
     assert not list((workspace.cache / "downloads").glob(".tmp-*"))
-
-
-def _bootstrap_tarball(ws: Workspace, tmp_path: Path) -> Path:
-    entries = sorted((ws.cache / "bootstraps").glob("*/file")) if (ws.cache / "bootstraps").exists() else []
-    if not entries:
-        trivial = ws.recipe("trivial", f'[source]\nurl = "{ws.root / "src.tar"}"\nsha256 = "{_c_source(ws)}"\n'
-                            '[build]\nscript = "true"\n')
-        ws.buildbox("run", trivial, check=None)
-        entries = sorted((ws.cache / "bootstraps").glob("*/file"))
-    return entries[0]
 
 
 def c_recipe(ws: Workspace, name: str, script: str, verify: str = "") -> Path:

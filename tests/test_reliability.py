@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, Workspace, mounts_under
+from conftest import REPO, Workspace, bootstrap_tarball, mounts_under
 from test_lifecycle import shell_recipe
 
 pytestmark = pytest.mark.integration
@@ -149,10 +149,7 @@ def test_kill_9_during_a_package_install_and_an_artifact_copy(workspace: Workspa
 
 
 def test_kill_9_while_a_base_is_unpacked(workspace: Workspace, tmp_path: Path) -> None:
-    bootstrap = next((workspace.cache / "bootstraps").glob("[!.]*/file"), None)
-    if bootstrap is None:
-        workspace.buildbox("run", shell_recipe(workspace, "warmup", 'echo > "$OUT/x"'), "-q")
-        bootstrap = next((workspace.cache / "bootstraps").glob("[!.]*/file"))
+    bootstrap = bootstrap_tarball(workspace, tmp_path / "bootstrap.tar")
     extra = tmp_path / "extra.tar"
     marker = tmp_path / "etc"
     marker.mkdir()
@@ -319,7 +316,8 @@ def test_gc_removes_superseded_builds_and_clean_keeps_only_the_sets(workspace: W
     own = Workspace(tmp_path / "gcws", tmp_path / "gccache")
     shared = next((workspace.cache / "bootstraps").glob("[!.]*"), None)
     if shared:
-        shutil.copytree(shared, own.cache / "bootstraps" / shared.name)
+        (own.cache / "bootstraps").mkdir(parents=True)
+        subprocess.run(["cp", "-a", shared, own.cache / "bootstraps" / shared.name], check=True)
     recipe = shell_recipe(own, "gced", 'echo one > "$OUT/v"')
     own.buildbox("run", recipe, "-q")
     old = {p.name for p in (own.cache / "builds").iterdir()}

@@ -15,13 +15,36 @@ from buildbox.box import resolve_in_root
 from buildbox.elf import loader_dirs, read_elf, resolve_needed
 from buildbox.errors import BuildFailed, InputError
 from buildbox.sets import extract, fetch_verified
-from buildbox.store import Store, content_key
+from buildbox.store import Store, content_key, tree_sha256
 
 
 def test_content_keys_ignore_dict_order_and_change_with_any_input() -> None:
     assert content_key("layer", {"a": 1, "b": [1, 2]}) == content_key("layer", {"b": [1, 2], "a": 1})
     assert content_key("layer", {"a": 1}) != content_key("layer", {"a": 2})
     assert content_key("layer", {"a": 1}) != content_key("build", {"a": 1})
+
+
+def test_a_tree_digest_is_its_content_modes_and_links_wherever_the_tree_lies(tmp_path: Path) -> None:
+    def tree(at: Path) -> Path:
+        (at / "etc").mkdir(parents=True)
+        (at / "etc" / "hosts").write_text("127.0.0.1 localhost\n")
+        (at / "etc" / "hosts").chmod(0o644)
+        (at / "bin").symlink_to("usr/bin")
+        for path in (at / "etc", at / "etc" / "hosts", at):
+            os.utime(path, (1700000000, 1700000000), follow_symlinks=False)
+        return at
+    first = tree_sha256(tree(tmp_path / "a"))
+    assert tree_sha256(tree(tmp_path / "somewhere" / "else")) == first
+    (tmp_path / "a" / "etc" / "hosts").chmod(0o600)
+    assert tree_sha256(tmp_path / "a") != first
+    b = tree(tmp_path / "b")
+    (b / "bin").unlink()
+    (b / "bin").symlink_to("/usr/bin")
+    assert tree_sha256(b) != first
+    c = tree(tmp_path / "c")
+    (c / "etc" / "hosts").write_text("127.0.0.2 localhost\n")
+    os.utime(c / "etc" / "hosts", (1700000000, 1700000000))
+    assert tree_sha256(c) != first
 
 
 def test_a_failed_entry_leaves_nothing_and_a_made_one_appears_whole(tmp_path: Path) -> None:
