@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import posixpath
 import shutil
+import stat
 import sys
 import tarfile
 import time
@@ -111,16 +112,24 @@ def make_bootstrap(spec: BootstrapSet, dest: Path, logfile: Path) -> None:
     if not shutil.which("mmdebstrap"):
         raise InputError("mmdebstrap is not installed", hint="apt-get install mmdebstrap")
     dest.mkdir()
-    argv = ["mmdebstrap", "--mode=root", f"--variant={spec.variant}", "--format=directory",
-            # buildbox makes its own minimal /dev in the base; a set holds no device nodes.
-            "--skip=output/dev"]
+    argv = ["mmdebstrap", "--mode=root", f"--variant={spec.variant}", "--format=directory"]
     if spec.packages:
         argv.append(f"--include={','.join(spec.packages)}")
-    # deb-src too: recipes install the Build-Depends of, and fetch, Debian source packages.
-    argv += [spec.suite, str(dest), f"deb {spec.mirror} {spec.suite} main",
-             f"deb-src {spec.mirror} {spec.suite} main"]
+    deb = f"deb {spec.mirror} {spec.suite} main"
+    argv += [spec.suite, str(dest), deb]
     run(argv, what=f"mmdebstrap of {spec.suite} from {spec.mirror}", env=dict(os.environ, SOURCE_DATE_EPOCH=str(EPOCH)),
         log=logfile)
+    # deb-src too: recipes install the Build-Depends of, and fetch, Debian source packages. Written
+    # here, as mmdebstrap would have written it, rather than given to it: it would download the
+    # Sources index only to throw it away (every box that installs runs apt-get update first).
+    sources = dest / "etc/apt/sources.list"
+    if not sources.is_symlink():
+        sources.write_text(f"{deb}\n\ndeb-src {spec.mirror} {spec.suite} main\n")
+    # Written into a directory, mmdebstrap leaves the device nodes its chroot used (console,
+    # ptmx, ...); a set holds none: buildbox makes the few a box gets itself.
+    for node in sorted((dest / "dev").iterdir()) if (dest / "dev").is_dir() else []:
+        if stat.S_ISCHR(node.lstat().st_mode) or stat.S_ISBLK(node.lstat().st_mode):
+            node.unlink()
     # apt hands its partial/ folders to its _apt user only when _apt can reach them on the host:
     # not under a cache inside /root or a private tmp. Their owner must not depend on the path.
     for partial in ("var/lib/apt/lists/partial", "var/cache/apt/archives/partial"):
