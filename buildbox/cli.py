@@ -135,35 +135,18 @@ def cmd_lock(args: argparse.Namespace) -> int:
 
 
 def _relock(store, recipes: list) -> list:
-    """Resolve each recipe afresh, write its lock, and return the recipes read again, locked."""
-    from buildbox.lock import lock_path, write_lock
+    """Lock each recipe afresh, say what changed, and return the recipes read again, locked."""
+    from buildbox.lock import describe_source, relock
     from buildbox.recipe import load_recipe
-    from buildbox.tasks import Planner
-
-    planner = Planner(store, recipes, Path("out"), stream=False)
-    planner.reap()
-    with store.in_use():
-        for recipe in recipes:
-            path = lock_path(recipe.path)
-            existed = path.exists()
-            pins = planner.resolve(recipe)
-            changed = write_lock(recipe, pins)
-            if not existed:
-                print(f"lock: wrote {path}: {len(pins['sets'])} set(s), {len(pins['packages'])} packages, "
-                      f"source {_pinned_source(pins['source'])}")
-            else:
-                print(f"lock: {path}: {len(changed) or 'nothing'} changed")
-                for line in changed:
-                    print(f"  {line}")
+    for path, pins, changed in relock(store, recipes):
+        if changed is None:
+            print(f"lock: wrote {path}: {len(pins['sets'])} set(s), {len(pins['packages'])} packages, "
+                  f"source {describe_source(pins['source'])}")
+        else:
+            print(f"lock: {path}: {len(changed) or 'nothing'} changed")
+            for line in changed:
+                print(f"  {line}")
     return [load_recipe(r.path) for r in recipes]
-
-
-def _pinned_source(pin: dict) -> str:
-    if "commit" in pin:
-        return f"commit {pin['commit']}"
-    if "version" in pin:
-        return f"{pin['debian']} {pin['version']}"
-    return f"sha256 {pin['sha256']}"
 
 
 def _stop_on_signals() -> None:

@@ -9,6 +9,7 @@ and an unlocked one that resolved to the same pins are the same build.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import tomlkit
 
 from buildbox.errors import InputError
 from buildbox.recipe import SHA256_RE, DebianSource, GitSource, Recipe, TarballSet, _Doc, list_of_tables
+from buildbox.store import Store
 
 LOCK_FORMAT = 1
 HEADER = """\
@@ -149,6 +151,20 @@ def write_lock(recipe: Recipe, pins: dict[str, Any]) -> list[str]:
     return changes(before, pins)
 
 
+def relock(store: Store, recipes: list[Recipe]) -> Iterator[tuple[Path, dict[str, Any], list[str] | None]]:
+    """Resolve each recipe afresh and write its lock; yield its path, pins and what changed
+    (None for a lock that did not exist)."""
+    from buildbox.tasks import Planner
+    planner = Planner(store, recipes, Path("out"), stream=False)
+    planner.reap()
+    with store.in_use():
+        for recipe in recipes:
+            existed = lock_path(recipe.path).exists()
+            pins = planner.resolve(recipe)
+            changed = write_lock(recipe, pins)
+            yield lock_path(recipe.path), pins, changed if existed else None
+
+
 def _update(table: Any, values: dict[str, Any]) -> None:
     """Set table's keys to values in place (a key's comment stays), dropping keys not in values."""
     for key in [k for k in table if k not in values]:
@@ -167,7 +183,7 @@ def changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
             lines.append(f"set {index + 1}: {_short(old)} -> {_short(digest)}")
     if before["source"] != after["source"]:
         pin = after["source"]
-        lines.append(f"source: {_describe(before['source'])} -> {_describe(pin)}")
+        lines.append(f"source: {describe_source(before['source'], short=True)} -> {describe_source(pin, short=True)}")
     old_packages, new_packages = before["packages"], after["packages"]
     for name in sorted(set(old_packages) | set(new_packages)):
         old, new = old_packages.get(name), new_packages.get(name)
@@ -184,11 +200,11 @@ def _short(digest: str | None) -> str:
     return f"{digest[:12]}…" if digest else "none"
 
 
-def _describe(source: dict[str, Any]) -> str:
+def describe_source(source: dict[str, Any], *, short: bool = False) -> str:
     if not source:
         return "none"
     if "commit" in source:
-        return f"commit {source['commit'][:12]}"
+        return f"commit {source['commit'][:12] if short else source['commit']}"
     if "version" in source:
         return f"{source['debian']} {source['version']}"
-    return f"sha256 {_short(source.get('sha256'))}"
+    return f"sha256 {_short(source.get('sha256')) if short else source['sha256']}"

@@ -114,7 +114,8 @@ class Planner:
         those of the entries the recipe resolved to (so they must have been made)."""
         if recipe.lock:
             return recipe.lock.pins
-        layer, source = self.store.entry("layers", self.layer_key(recipe)), self.store.entry("sources", self.source_key(recipe))
+        layer = self.store.entry("layers", self.layer_key(recipe))
+        source = self.store.entry("sources", self.source_key(recipe))
         if not (layer.is_dir() and source.is_dir()):
             raise BuildboxError(f"{recipe.name}: its packages and source are not resolved yet")
         return {"sets": [self.set_digest(s) for s in recipe.base.sets],
