@@ -141,10 +141,13 @@ class Box:
     def _target(self, box_path: str, *, dir: bool) -> Path:
         """A mount point inside the box, made if missing; never a symlink that could lead out."""
         target = self.path(box_path)
-        if dir:
-            target.mkdir(parents=True, exist_ok=True)
-        elif not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
+        # Directories made here are 0755 whatever the host's umask (verify runs under 077): the
+        # build user must be able to reach what is bound below them.
+        for d in [*reversed(target.parents), *([target] if dir else [])]:
+            if not d.exists():
+                d.mkdir()
+                os.chmod(d, 0o755)
+        if not dir and not target.exists():
             target.touch()
         return target
 

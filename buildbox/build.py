@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,11 @@ def build_env(recipe: Recipe, user: BuildUser = BUILDER) -> dict[str, str]:
 
 
 def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, inputs: dict[str, Any],
-               logfile: Path, *, stream: bool, keep: bool, user: BuildUser = BUILDER) -> None:
+               logfile: Path, *, stream: bool, keep: bool, user: BuildUser = BUILDER,
+               vary: Callable[[Box, dict[str, str]], dict[str, str]] | None = None) -> None:
     """Build in a fresh box, check the artifacts, and fill entry/ with them and their manifest.
-    `user` is the build user as the base has it, or the same user under another uid (for verify)."""
+    `user` is the build user as the base has it, or the same user under another uid, and `vary`
+    changes the box and the build's environment before the build (both for verify)."""
     files = entry / "files"
     files.mkdir()
     started = _now()
@@ -51,10 +54,13 @@ def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, in
             renumber_user(box.root, BUILDER, user)
         log.note(f"build log: {logfile}")
         limits = recipe.limits
+        env = build_env(recipe, user)
+        if vary:
+            env = vary(box, env)
         # The script handed over as an argument: no quoting of user code.
         try:
             box.run(["sh", "-e", "-c", recipe.script, recipe.name], what=f"the build of {recipe.name}",
-                    user=user.spec, env=build_env(recipe, user), cwd=SRC, log=logfile, stream=stream,
+                    user=user.spec, env=env, cwd=SRC, log=logfile, stream=stream,
                     network=recipe.network, limits=limits.rlimits(), timeout=limits.timeout,
                     silence=limits.silence)
         except BuildFailed as err:

@@ -4,6 +4,7 @@ matter, or once against a manifest from elsewhere; what differs is named, down t
 from __future__ import annotations
 
 import ctypes
+import glob
 import hashlib
 import json
 import os
@@ -11,32 +12,82 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from collections.abc import Iterator
 from pathlib import Path
 
 from buildbox import log
 from buildbox.base import BUILDER, BuildUser
+from buildbox.box import Box
 from buildbox.build import MANIFEST, make_build
+from buildbox.errors import BuildFailed
 from buildbox.recipe import Recipe
 from buildbox.store import remove_tree
 from buildbox.tasks import Planner
 
-# What the second build changes outside the box, and the build user's uid inside it; none of it
-# may change a byte of the artifacts. (The box path changes on every build.)
+# What the second build changes outside the box, and the build user's uid and the clock inside
+# it; none of it may change a byte of the artifacts. (The box path changes on every build.)
 VARIATIONS = [
-    {"umask": 0o022, "env": {}, "hostname": None, "user": BUILDER},
+    {"umask": 0o022, "env": {}, "hostname": None, "user": BUILDER, "days_ahead": 0},
     {"umask": 0o077, "env": {"LANG": "fr_FR.UTF-8", "LC_ALL": "fr_FR.UTF-8", "TZ": "Pacific/Kiritimati",
                              "HOME": "/nonexistent", "BUILDBOX_VARIATION": "2"},
-     "hostname": "elsewhere.invalid", "user": BuildUser(BUILDER.name, 2000, 2000)},
+     # 373 days, as reprotest does: another year, month, day of the month and weekday.
+     "hostname": "elsewhere.invalid", "user": BuildUser(BUILDER.name, 2000, 2000), "days_ahead": 373},
 ]
 CLONE_NEWUTS = 0x04000000
+DAY = 86400
+# libfaketime where distributions put it, and where the second build finds it in its box.
+FAKETIME_LIBRARIES = ["/usr/lib/*/faketime/libfaketime.so.1", "/usr/lib/faketime/libfaketime.so.1",
+                      "/usr/local/lib/faketime/libfaketime.so.1"]
+FAKETIME_IN_BOX = "/usr/lib/buildbox/libfaketime.so.1"
 
 
 def describe(variation: dict) -> str:
     env = ", ".join(f"{k}={v}" for k, v in variation["env"].items())
     return (f"host umask {variation['umask']:03o}, host environment {env or 'unchanged'}, host name "
-            f"{variation['hostname'] or 'unchanged'}, build user uid {variation['user'].uid}")
+            f"{variation['hostname'] or 'unchanged'}, build user uid {variation['user'].uid}, "
+            f"the clock {variation['days_ahead']} days ahead")
+
+
+def faketime_library() -> Path | None:
+    for pattern in FAKETIME_LIBRARIES:
+        found = sorted(glob.glob(pattern))
+        if found:
+            return Path(found[0])
+    return None
+
+
+def clock_ahead(days: int, user: BuildUser) -> Callable[[Box, dict[str, str]], dict[str, str]] | None:
+    """Set the build's clock `days` ahead: the host's libfaketime, bound into the box and preloaded
+    into every dynamically linked program of the build, once a probe in the box, as the build
+    user, shows it takes.
+    (The kernel's time namespaces shift only the monotonic clocks, never the wall clock. Go's
+    runtime reads the clock without libc and keeps the real time; the Go toolchain embeds none.)"""
+    if not days:
+        return None
+
+    def vary(box: Box, env: dict[str, str]) -> dict[str, str]:
+        library = faketime_library()
+        if library is None:
+            log.say("verify: the clock is not varied: libfaketime is not installed on this host "
+                    "(apt-get install libfaketime)")
+            return env
+        box.bind(library, FAKETIME_IN_BOX)
+        ahead = {**env, "LD_PRELOAD": ":".join(filter(None, [FAKETIME_IN_BOX, env.get("LD_PRELOAD")])),
+                 "FAKETIME": f"+{days}d", "FAKETIME_DONT_FAKE_MONOTONIC": "1", "NO_FAKE_STAT": "1"}
+        try:
+            seen = box.run(["sh", "-c", "date +%s 2>&1"], what="the clock check", user=user.spec,
+                           env=ahead, capture=True)
+        except BuildFailed as err:
+            seen = str(err)
+        wanted = time.time() + days * DAY
+        if not seen.strip().isdigit() or abs(int(seen) - wanted) > DAY:
+            first = (seen.strip().splitlines() or ["no output"])[0]
+            log.say(f"verify: the clock is not varied: libfaketime does not take in this box ({first})")
+            return env
+        return ahead
+    return vary
 
 
 @contextmanager
@@ -62,7 +113,7 @@ def host_conditions(variation: dict) -> Iterator[None]:
         os.environ.update(old_env)
 
 
-def build_fresh(planner: Planner, recipe: Recipe, label: str, places: list[Path], user: BuildUser) -> Path:
+def build_fresh(planner: Planner, recipe: Recipe, label: str, places: list[Path], variation: dict) -> Path:
     """One build of recipe in a fresh box, outside the cache's build entries; returns its folder
     (listed in places first, so that it is removed whatever happens)."""
     key = planner.build_key(recipe)
@@ -71,7 +122,8 @@ def build_fresh(planner: Planner, recipe: Recipe, label: str, places: list[Path]
     places.append(place)
     with log.step(f"Building {recipe.name} ({label})"):
         make_build(planner.store, recipe, layers, place, planner.inputs(recipe, key),
-                   planner.logfile(recipe.name, f"verify-{label}"), stream=False, keep=False, user=user)
+                   planner.logfile(recipe.name, f"verify-{label}"), stream=False, keep=False,
+                   user=variation["user"], vary=clock_ahead(variation["days_ahead"], variation["user"]))
     return place
 
 
@@ -89,11 +141,11 @@ def compare(recipe: Recipe, planner: Planner, against: Path | None) -> list[str]
             first = None
         else:
             with host_conditions(VARIATIONS[0]):
-                first = build_fresh(planner, recipe, "first", builds, VARIATIONS[0]["user"])
+                first = build_fresh(planner, recipe, "first", builds, VARIATIONS[0])
             theirs = digests(json.loads((first / MANIFEST).read_text()))
         log.say(f"verify: the second build runs with {describe(VARIATIONS[1])}")
         with host_conditions(VARIATIONS[1]):
-            second = build_fresh(planner, recipe, "second", builds, VARIATIONS[1]["user"])
+            second = build_fresh(planner, recipe, "second", builds, VARIATIONS[1])
         ours = digests(json.loads((second / MANIFEST).read_text()))
         lines = []
         for rel in sorted(set(theirs) | set(ours)):

@@ -36,6 +36,16 @@ def test_a_build_that_embeds_the_time_is_reported_as_differing_naming_the_file(w
     assert "stamped is not reproducible: 1 artifact(s) differ" in result.stdout
 
 
+def test_the_second_build_runs_a_year_ahead_so_a_build_that_embeds_the_date_differs(workspace: Workspace) -> None:
+    # Builds seconds apart on the same day agree on the date: only the shifted clock tells.
+    recipe = shell_recipe(workspace, "dated", 'date -u +%F > "$OUT/day"\necho "$SOURCE_DATE_EPOCH" > "$OUT/epoch"')
+    result = workspace.buildbox("verify", recipe, check=1)
+    assert "the clock 373 days ahead" in result.stderr
+    assert "not varied" not in result.stderr
+    differing = [line.split(": ")[1] for line in result.stdout.splitlines() if line.startswith("differs: ")]
+    assert differing == ["day"], result.stdout
+
+
 def test_a_differing_binary_is_explained_by_the_elf_sections_that_differ(workspace: Workspace) -> None:
     from test_pipeline import c_recipe
     recipe = c_recipe(workspace, "stampbin", """\
