@@ -83,6 +83,9 @@ class Store:
         """Held shared by every run, exclusive by gc and clean: they never remove what a run uses."""
         path = self.root / "locks" / "in-use.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
+        for kind in PRIVATE:
+            (self.root / kind).mkdir(mode=0o700, exist_ok=True)
+            os.chmod(self.root / kind, 0o700)
         with open(path, "a") as handle:
             mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
             try:
@@ -171,6 +174,10 @@ class Store:
 
 
 KINDS = ("downloads", "bootstraps", "bases", "layers", "sources", "builds")
+# Where box trees live, root's alone: their files belong to the box's users, and the build user's
+# uid (1000) is often a real user on the host, who could otherwise edit a cached base's dotfiles
+# (or a running build's sources) and so run code in every later build.
+PRIVATE = ("bootstraps", "bases", "layers", "sources", "builds", "boxes", "failed", "verify")
 
 
 def tree_size(path: Path) -> int:

