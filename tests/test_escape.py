@@ -218,7 +218,7 @@ def test_a_host_user_with_the_build_users_uid_cannot_edit_the_cached_trees(works
                                  capture_output=True, text=True)
         assert attempt.returncode != 0 and "Permission denied" in attempt.stderr, attempt
         assert "evil" not in profiles[0].read_text()
-        # What a host user may still read: the logs and the downloads.
+        # What a host user may still read: the logs.
         readable = subprocess.run([*as_builder, "ls", cache / "logs"], capture_output=True, text=True)
         assert "plain" in readable.stdout, readable
         for kind in PRIVATE:
