@@ -6,6 +6,12 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from buildbox.inroot import Root
+
+if TYPE_CHECKING:
+    from buildbox.recipe import UnpackLimits
 
 
 BUILD_DIR = "/build"
@@ -46,10 +52,14 @@ class BuildUser:
 BUILDER = BuildUser("builder", 1000, 1000)
 
 
-def make_base(root: Path, sets: list[tuple[str, Path]], user: BuildUser = BUILDER) -> None:
+def make_base(root: Path, sets: list[tuple[str, Path]], limits: UnpackLimits, user: BuildUser = BUILDER) -> None:
     """Put the sets into root, in order (a tarball unpacked, a bootstrap's tree copied), then
     configure it for building. root may already be an overlay on the first sets (the usual case:
-    a bootstrap is a layer under its base, not a copy in it)."""
+    a bootstrap is a layer under its base, not a copy in it).
+
+    Every path written is resolved inside root and never through a link the sets supplied: a set
+    whose /etc/passwd links to a host file gets a new /etc/passwd, and the host file is untouched.
+    """
     from buildbox.process import run
     from buildbox.sets import extract   # tarfile and friends: not on the cached path
     root.mkdir(exist_ok=True)
@@ -57,108 +67,107 @@ def make_base(root: Path, sets: list[tuple[str, Path]], user: BuildUser = BUILDE
         if path.is_dir():
             run(["cp", "-a", "--", f"{path}/.", str(root)], what=f"copying {label} into the base")
         else:
-            extract(path, root, what=label)
-    _write_etc(root)
-    _make_dev(root)
-    _add_user(root, user)
-    # Services must not start while packages install into a box (what sbuild and mock do too).
-    policy = root / "usr/sbin/policy-rc.d"
-    if policy.parent.is_dir():
-        policy.write_text("#!/bin/sh\n# Written by buildbox: no services start inside a build box.\nexit 101\n")
-        policy.chmod(0o755)
+            extract(path, root, what=label, limits=limits, root_filesystem=True)
+    with Root(root) as tree:
+        _write_etc(tree)
+        _make_dev(tree)
+        _add_user(tree, user)
+        # Services must not start while packages install into a box (what sbuild and mock do too).
+        if tree.lstat("/usr/sbin") is not None:
+            tree.write("/usr/sbin/policy-rc.d",
+                       "#!/bin/sh\n# Written by buildbox: no services start inside a build box.\nexit 101\n", mode=0o755)
 
 
-def _write_etc(root: Path) -> None:
-    etc = root / "etc"
-    etc.mkdir(exist_ok=True)
-    for name in ("hosts", "resolv.conf", "hostname"):
-        (etc / name).unlink(missing_ok=True)   # never write through a symlink a set shipped
+def _write_etc(tree: Root) -> None:
+    tree.makedirs("/etc", replace=True)
     # minbase has no /etc/hosts; without it `localhost` does not resolve and caddy's tests fail.
-    (etc / "hosts").write_text(HOSTS)
-    (etc / "hostname").write_text("buildbox\n")
+    tree.write("/etc/hosts", HOSTS)
+    tree.write("/etc/hostname", "buildbox\n")
     # A placeholder: boxes that fetch bind the host's resolver file over it, builds see none.
-    (etc / "resolv.conf").write_text("# Written by buildbox: boxes that fetch bind the host's file here.\n")
+    tree.write("/etc/resolv.conf", "# Written by buildbox: boxes that fetch bind the host's file here.\n")
 
 
-def _make_dev(root: Path) -> None:
-    dev = root / "dev"
-    if dev.is_symlink() or dev.is_file():
-        dev.unlink()
-    dev.mkdir(mode=0o755, exist_ok=True)
+def _make_dev(tree: Root) -> None:
+    tree.makedirs("/dev", replace=True)
     for name, (major, minor) in DEVICES.items():
-        node = dev / name
-        if node.exists() or node.is_symlink():
-            node.unlink()
-        os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
-        node.chmod(0o666)
+        tree.mknod(f"/dev/{name}", 0o666 | stat.S_IFCHR, os.makedev(major, minor))
     # Not nodes but links into /proc (mounted for every build): shells need /dev/fd.
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                          ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
-        if not (dev / name).is_symlink():
-            (dev / name).symlink_to(target)
+        tree.symlink(target, f"/dev/{name}")
     for name in ("pts", "shm"):
-        (dev / name).mkdir(exist_ok=True)
-    (dev / "shm").chmod(0o1777)
+        tree.makedirs(f"/dev/{name}", replace=True)
+    tree.set("/dev/shm", mode=0o1777)
 
 
-def _add_user(root: Path, user: BuildUser) -> None:
+def _add_user(tree: Root, user: BuildUser) -> None:
     """Add the unprivileged build user, its group, home, dotfiles and the build directories.
 
     Written straight into the files rather than with useradd: a base from tarball sets need not
     have one, and the result must not depend on the day it ran (shadow's last-change field).
     """
-    etc = root / "etc"
     for name, line in (("passwd", f"{user.name}:x:{user.uid}:{user.gid}:buildbox build user:{user.home}:/bin/sh"),
                        ("group", f"{user.name}:x:{user.gid}:"),
                        ("shadow", f"{user.name}:!::0:99999:7:::"),
                        ("gshadow", f"{user.name}:!::")):
-        path = etc / name
-        text = path.read_text() if path.exists() else ""
+        path = f"/etc/{name}"
+        text = tree.read_text(path) or ""
         if any(entry.split(":")[0] == user.name for entry in text.splitlines()):
             continue
         if text and not text.endswith("\n"):
             text += "\n"
-        path.write_text(text + line + "\n")
-        if name in ("shadow", "gshadow"):
-            path.chmod(0o640)
-    home = root / user.home.lstrip("/")
-    home.mkdir(parents=True, exist_ok=True)
+        # A new file in its place, with the mode and owner it had (shadow is root:shadow 0640).
+        had = tree.lstat(path)
+        kept = had is not None and stat.S_ISREG(had.st_mode)
+        tree.write(path, text + line + "\n",
+                   mode=stat.S_IMODE(had.st_mode) if kept else 0o640 if name.endswith("shadow") else 0o644,
+                   owner=(had.st_uid, had.st_gid) if kept else None)
+    owner = (user.uid, user.gid)
+    tree.makedirs(user.home, mode=0o755, owner=owner, replace=True)
+    tree.set(user.home, mode=0o755, owner=owner)
     env = user.login_env()
     profile = "".join(f"export {k}={v}\n" for k, v in env.items() if k != "SHELL")
-    (home / ".profile").write_text(
-        "# Written by buildbox: the build user's login environment, the same the builds get.\n"
-        f"{profile}umask 022\nexport ENV=$HOME/.shrc\n")
-    (home / ".shrc").write_text("PS1='buildbox:\\w \\$ '\n")
-    (home / ".bashrc").write_text(". \"$HOME/.shrc\"\n")
-    (home / "bin").mkdir(exist_ok=True)
-    build = root / BUILD_DIR.lstrip("/")
-    out = root / OUT.lstrip("/")
-    out.mkdir(parents=True, exist_ok=True)
-    for path in (home, *home.iterdir(), build, out):
-        os.lchown(path, user.uid, user.gid)
-    home.chmod(0o755)
+    tree.write(f"{user.home}/.profile",
+               "# Written by buildbox: the build user's login environment, the same the builds get.\n"
+               f"{profile}umask 022\nexport ENV=$HOME/.shrc\n", owner=owner)
+    tree.write(f"{user.home}/.shrc", "PS1='buildbox:\\w \\$ '\n", owner=owner)
+    tree.write(f"{user.home}/.bashrc", ". \"$HOME/.shrc\"\n", owner=owner)
+    for path in (f"{user.home}/bin", BUILD_DIR, OUT):
+        tree.makedirs(path, mode=0o755, owner=owner, replace=True)
+        tree.set(path, owner=owner)
 
 
 def renumber_user(root: Path, old: BuildUser, new: BuildUser) -> None:
     """Give the build user of the root another uid and gid (verify's second build runs so): its
     passwd and group entries, and whatever it owns in its home and under /build."""
-    etc = root / "etc"
-    for name, fields in (("passwd", {2: new.uid, 3: new.gid}), ("group", {2: new.gid})):
-        path = etc / name
-        if path.is_symlink():
-            raise ValueError(f"{path} is a symlink")
-        lines = []
-        for line in path.read_text().splitlines():
-            parts = line.split(":")
-            if parts[0] == old.name:
-                for index, value in fields.items():
-                    parts[index] = str(value)
-            lines.append(":".join(parts))
-        path.write_text("\n".join(lines) + "\n")
-    for top in (old.home, BUILD_DIR):
-        for folder, dirs, files in os.walk(root / top.lstrip("/")):
-            for entry in (folder, *(os.path.join(folder, n) for n in (*dirs, *files))):
-                st = os.lstat(entry)
-                if st.st_uid == old.uid or st.st_gid == old.gid:
-                    os.lchown(entry, new.uid if st.st_uid == old.uid else -1,
-                              new.gid if st.st_gid == old.gid else -1)
+    with Root(root) as tree:
+        for name, fields in (("passwd", {2: new.uid, 3: new.gid}), ("group", {2: new.gid})):
+            path = f"/etc/{name}"
+            had = tree.lstat(path)
+            if had is None or not stat.S_ISREG(had.st_mode):
+                raise ValueError(f"{root}{path} is not a regular file")
+            lines = []
+            for line in (tree.read_text(path) or "").splitlines():
+                parts = line.split(":")
+                if parts[0] == old.name:
+                    for index, value in fields.items():
+                        parts[index] = str(value)
+                lines.append(":".join(parts))
+            tree.write(path, "\n".join(lines) + "\n", mode=stat.S_IMODE(had.st_mode), owner=(had.st_uid, had.st_gid))
+        for top in (old.home, BUILD_DIR):
+            fd = tree.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            try:
+                # By descriptor, never by path: a link in the tree is chowned itself, never followed.
+                _renumber(fd, ".", old, new)
+                for _, dirs, files, dirfd in os.fwalk(dir_fd=fd):
+                    for name in (*dirs, *files):
+                        _renumber(dirfd, name, old, new)
+            finally:
+                os.close(fd)
+
+
+def _renumber(dirfd: int, name: str, old: BuildUser, new: BuildUser) -> None:
+    st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+    if st.st_uid == old.uid or st.st_gid == old.gid:
+        os.chown(name, new.uid if st.st_uid == old.uid else -1, new.gid if st.st_gid == old.gid else -1,
+                 dir_fd=dirfd, follow_symlinks=False)

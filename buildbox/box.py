@@ -20,6 +20,7 @@ from pathlib import Path
 from buildbox import log
 from buildbox.base import DEVICES
 from buildbox.errors import BuildFailed, InputError
+from buildbox.inroot import Root
 from buildbox.process import run
 from buildbox.store import Store, remove_tree
 
@@ -31,7 +32,7 @@ HOSTNAME = "buildbox"
 # hostname, no host processes in sight), and its own network namespace unless it fetches.
 NAMESPACES = ("mount", "uts", "ipc", "pid")
 # Part of every build's key: a change to what the box does makes every build run again.
-SANDBOX_VERSION = 2
+SANDBOX_VERSION = 3   # 3: the seccomp filter from libseccomp, with io_uring, AF_VSOCK, TIOCSTI refused
 KEPT = "kept"   # a box left with --keep, for the user: never reaped
 
 
@@ -126,6 +127,11 @@ class Box:
         """The host path of box_path, resolved inside the box."""
         return resolve_in_root(self.root, box_path)
 
+    def write(self, box_path: str, text: str) -> None:
+        """A new file in the box (resolved inside it; a link there is replaced, not written through)."""
+        with Root(self.root) as tree:
+            tree.write(box_path, text)
+
     def bind(self, host: Path, box_path: str, *, readonly: bool = True) -> None:
         """Make a host path visible in the box (on purpose, and said in the log)."""
         target = self._target(box_path, dir=host.is_dir())
@@ -140,16 +146,13 @@ class Box:
 
     def _target(self, box_path: str, *, dir: bool) -> Path:
         """A mount point inside the box, made if missing; never a symlink that could lead out."""
-        target = self.path(box_path)
         # Directories made here are 0755 whatever the host's umask (verify runs under 077): the
         # build user must be able to reach what is bound below them.
-        for d in [*reversed(target.parents), *([target] if dir else [])]:
-            if not d.exists():
-                d.mkdir()
-                os.chmod(d, 0o755)
-        if not dir and not target.exists():
-            target.touch()
-        return target
+        with Root(self.root) as tree:
+            tree.makedirs(box_path if dir else os.path.dirname(box_path), mode=0o755)
+            if not dir and tree.lstat(box_path) is None:
+                tree.write(box_path, "")
+        return self.path(box_path)
 
     def _mount(self, args: list[str], target: Path, *, undo: bool = True) -> None:
         run(["mount", *args, target], what=f"mount {target}")

@@ -95,7 +95,7 @@ def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, in
         "inputs": {k: v for k, v in inputs.items() if k not in ("key", "materials")},
         "isolation": {"user": f"{user.name} ({user.spec})", "network": recipe.network,
                       "namespaces": [*NAMESPACES, *([] if recipe.network else ["net"])],
-                      "no_new_privs": True, "capabilities": [], "seccomp": os.uname().machine == "x86_64",
+                      "no_new_privs": True, "capabilities": [], "seccomp": True,
                       "limits": {**recipe.limits.rlimits(), "timeout": recipe.limits.timeout,
                                  "silence": recipe.limits.silence}},
         "artifacts": {rel: {"sha256": digests[rel], "size": (files / rel).stat().st_size,

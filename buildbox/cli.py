@@ -120,7 +120,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         out = planner.out_dir(recipe)
         manifest = json.loads((out / "manifest.json").read_text())
         for rel, fact in manifest["artifacts"].items():
-            print(f"{fact['sha256']}  {out / rel}")
+            print(log.printable(f"{fact['sha256']}  {out / rel}"))
     return 0
 
 
@@ -247,7 +247,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     differences = compare(recipe, Planner(Store(args.cache), [recipe], Path("out"), stream=False), args.against)
     if differences:
         for line in differences:
-            print(f"differs: {line}")
+            print(log.printable(f"differs: {line}"))
         print(f"verify: {recipe.name} is not reproducible: {len(differences)} artifact(s) differ")
         return 1
     print(f"verify: {recipe.name} is reproducible: every artifact identical across the builds")

@@ -29,54 +29,49 @@ DEV_LINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc
 
 # Syscalls a build never needs, refused with EPERM (the spirit of pledge(2)): mounting and
 # namespaces of filesystems, modules, kexec and reboot, the kernel keyring, bpf and perf, clocks,
-# swap, raw I/O ports, file handles that reach past a chroot. x86_64 numbers; elsewhere no filter.
-AUDIT_ARCH_X86_64 = 0xC000003E
-DENIED = {
-    "umount2": 166, "mount": 165, "pivot_root": 155, "swapon": 167, "swapoff": 168, "reboot": 169,
-    "sethostname": 170, "setdomainname": 171, "iopl": 172, "ioperm": 173, "init_module": 175,
-    "delete_module": 176, "finit_module": 313, "kexec_load": 246, "kexec_file_load": 320, "add_key": 248,
-    "request_key": 249, "keyctl": 250, "bpf": 321, "perf_event_open": 298, "acct": 163,
-    "settimeofday": 164, "clock_settime": 227, "clock_adjtime": 305, "adjtimex": 159,
-    "name_to_handle_at": 303, "open_by_handle_at": 304, "userfaultfd": 323, "quotactl": 179,
-    "lookup_dcookie": 212, "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431,
-    "fsmount": 432, "fspick": 433, "mount_setattr": 442,
-}
-BPF_LD_W_ABS, BPF_JEQ_K, BPF_JGE_K, BPF_RET_K = 0x20, 0x15, 0x35, 0x06
-SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO = 0x7FFF0000, 0x00050000
-PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
+# swap, raw I/O ports, file handles that reach past a chroot, io_uring (which does I/O past this
+# filter). By name: libseccomp knows each architecture's numbers (and skips what one lacks).
+DENIED = (
+    "umount2", "mount", "pivot_root", "swapon", "swapoff", "reboot", "sethostname", "setdomainname",
+    "iopl", "ioperm", "init_module", "delete_module", "finit_module", "kexec_load", "kexec_file_load",
+    "add_key", "request_key", "keyctl", "bpf", "perf_event_open", "acct", "settimeofday", "clock_settime",
+    "clock_adjtime", "adjtimex", "name_to_handle_at", "open_by_handle_at", "userfaultfd", "quotactl",
+    "lookup_dcookie", "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr",
+    "io_uring_setup", "io_uring_enter", "io_uring_register",
+)
+AF_VSOCK = 40                      # sockets to the host's hypervisor or VMs
+TIOCSTI, TIOCLINUX = 0x5412, 0x541C   # push keystrokes into a terminal; the console's own ioctls
+# The kernel reads these arguments as 32-bit ints, seccomp compares all 64 bits: compare the low
+# 32 only, or setting bit 32 walks past an equality rule.
+LOW_32 = 0xFFFFFFFF
 
 libc = ctypes.CDLL(None, use_errno=True)
 
 
-class SockFilter(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
+def load_seccomp():
+    """libseccomp, loaded before the chroot: the box has no copy of it."""
+    try:
+        import pyseccomp
+    except Exception as err:   # the module missing, or libseccomp2 missing under it
+        fail(f"seccomp: cannot load libseccomp ({err}); apt-get install libseccomp2 and pip install pyseccomp")
+    return pyseccomp
 
 
-class SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
-
-
-def seccomp_filter():
-    """Install the deny list; returns False where it does not apply (not x86_64)."""
-    if os.uname().machine != "x86_64":
-        return False
-    deny = SECCOMP_RET_ERRNO | errno.EPERM
-    numbers = sorted(DENIED.values())
-    program = [
-        SockFilter(BPF_LD_W_ABS, 0, 0, 4),                                  # arch
-        SockFilter(BPF_JEQ_K, 1, 0, AUDIT_ARCH_X86_64),
-        SockFilter(BPF_RET_K, 0, 0, deny),                                  # another ABI: refused
-        SockFilter(BPF_LD_W_ABS, 0, 0, 0),                                  # syscall number
-        SockFilter(BPF_JGE_K, len(numbers) + 1, 0, 0x40000000),             # x32 ABI: refused
-    ]
-    for index, number in enumerate(numbers):
-        program.append(SockFilter(BPF_JEQ_K, len(numbers) - index, 0, number))
-    program += [SockFilter(BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW), SockFilter(BPF_RET_K, 0, 0, deny)]
-    filters = (SockFilter * len(program))(*program)
-    prog = SockFprog(len(program), filters)
-    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) != 0:
-        fail("seccomp: " + os.strerror(ctypes.get_errno()))
-    return True
+def seccomp_filter(seccomp):
+    """Install the deny list: this architecture's syscalls; another ABI (x32, i386) is refused whole."""
+    deny = seccomp.ERRNO(errno.EPERM)
+    rules = seccomp.SyscallFilter(seccomp.ALLOW)
+    rules.set_attr(seccomp.Attr.ACT_BADARCH, deny)
+    for name in DENIED:
+        rules.add_rule(deny, name)
+    rules.add_rule(deny, "socket", seccomp.Arg(0, seccomp.MASKED_EQ, LOW_32, AF_VSOCK))
+    rules.add_rule(deny, "socketpair", seccomp.Arg(0, seccomp.MASKED_EQ, LOW_32, AF_VSOCK))
+    for request in (TIOCSTI, TIOCLINUX):
+        rules.add_rule(deny, "ioctl", seccomp.Arg(1, seccomp.MASKED_EQ, LOW_32, request))
+    try:
+        rules.load()
+    except OSError as err:
+        fail(f"seccomp: {err}")
 
 
 def fail(message):
@@ -116,7 +111,7 @@ def loopback_up():
         fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP | IFF_RUNNING))
 
 
-def drop_to(uid, gid):
+def drop_to(uid, gid, seccomp):
     """Become the build user with no capabilities, and no way to get any back."""
     last_cap = int(open("/proc/sys/kernel/cap_last_cap").read())
     for cap in range(last_cap + 1):
@@ -127,10 +122,10 @@ def drop_to(uid, gid):
     os.setuid(uid)
     if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         fail("no_new_privs: " + os.strerror(ctypes.get_errno()))
-    seccomp_filter()
+    seccomp_filter(seccomp)
 
 
-def child(plan):
+def child(plan, seccomp):
     # Python ignores SIGPIPE and SIGXFSZ, and an ignored signal stays ignored across exec:
     # give the build the defaults (a pipeline's reader going away, a file past its size limit).
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):
@@ -140,7 +135,7 @@ def child(plan):
         resource.setrlimit(LIMITS[name], (value, value + 1 if name == "cpu" else value))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if plan["user"]:
-        drop_to(*plan["user"])
+        drop_to(*plan["user"], seccomp)
     os.umask(0o022)
     try:
         os.chdir(plan["cwd"])
@@ -153,6 +148,7 @@ def child(plan):
 def main():
     plan = json.loads(sys.argv[1])
     root = plan["root"]
+    seccomp = load_seccomp() if plan["user"] else None
     mount("proc", os.path.join(root, "proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     make_dev(root, plan["devices"])
     socket.sethostname(plan["hostname"])
@@ -162,7 +158,7 @@ def main():
     os.chdir("/")
     pid = os.fork()
     if pid == 0:
-        child(plan)
+        child(plan, seccomp)
 
     def forward(signum, frame):
         # As the first process of the namespace, this one gets a signal only if it handles it.

@@ -12,10 +12,22 @@ _lock = threading.Lock()
 quiet = False
 
 
+# Control characters a terminal acts on (C0 but tab and newline, DEL, C1): shown, never obeyed.
+_CONTROLS = {code: f"^{chr(code ^ 0x40)}" for code in (*range(0x20), 0x7F) if code not in (0x09, 0x0A)}
+_CONTROLS.update({code: f"\\x{code:02x}" for code in range(0x80, 0xA0)})
+
+
+def printable(text: str) -> str:
+    """text with every terminal control character shown as ^X or \\xNN (as git does with what a
+    remote sends): a build's output or a tarball's member name cannot move the cursor, retitle
+    the window, or answer for the user."""
+    return text.replace("\r\n", "\n").translate(_CONTROLS)
+
+
 def say(text: str) -> None:
     """Print one line for the user (stderr keeps stdout for results)."""
     with _lock:
-        print(text, file=sys.stderr, flush=True)
+        print(printable(text), file=sys.stderr, flush=True)
 
 
 def note(text: str) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import collections
+import fcntl
 import os
 import shlex
 import signal
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import IO
 
 from buildbox.errors import BuildFailed, Interrupted
+from buildbox.log import printable
 
 TAIL_LINES = 30
 
@@ -35,8 +38,7 @@ def run(argv: Sequence[str], *, what: str, env: Mapping[str, str] | None = None,
     if _interrupted.is_set() and not cleanup:
         raise Interrupted(f"interrupted before {what}")
     if interactive:
-        # A person at the terminal: the command gets it (stdin included) and the exit is theirs.
-        return str(subprocess.run(argv, env=dict(env) if env is not None else None, cwd=cwd).returncode)
+        return str(_run_on_pty(argv, env, cwd))
     # A session of its own, so that Ctrl-C reaches buildbox alone and buildbox decides how the
     # command's whole process group is stopped (before the mounts under it are undone).
     proc = subprocess.Popen(argv, env=dict(env) if env is not None else None, cwd=cwd,
@@ -108,6 +110,74 @@ class _Watchdog:
             return
 
 
+def _run_on_pty(argv: list[str], env: Mapping[str, str] | None, cwd: Path | None) -> int:
+    """Run argv for a person at the terminal, on a pty of its own in a session of its own, with
+    buildbox relaying the keys and the screen (as systemd-nspawn and `machinectl shell` do).
+
+    The command never holds the user's terminal: what it pushes into its terminal (TIOCSTI)
+    lands in its own pty, read by its own shell, never by the user's shell once it has ended.
+    Returns the exit status.
+    """
+    import pty
+    import tty
+    pid, master = pty.fork()
+    if pid == 0:   # the child: a new session, the pty's slave as its terminal
+        try:
+            if cwd:
+                os.chdir(cwd)
+            os.execvpe(argv[0], argv, dict(env) if env is not None else os.environ)
+        finally:
+            os._exit(127)
+    user = sys.stdin.fileno()
+    at_terminal = os.isatty(user)
+
+    def resize(*_: object) -> None:
+        if at_terminal:
+            size = fcntl.ioctl(user, termios.TIOCGWINSZ, bytes(8))
+            fcntl.ioctl(master, termios.TIOCSWINSZ, size)
+    resize()
+    previous = signal.signal(signal.SIGWINCH, resize)
+    saved = termios.tcgetattr(user) if at_terminal else None
+    try:
+        if at_terminal:
+            tty.setraw(user)   # every key goes to the box's pty, whose own line discipline acts on it
+        _relay(master, user)
+    finally:
+        if saved is not None:
+            termios.tcsetattr(user, termios.TCSAFLUSH, saved)
+        signal.signal(signal.SIGWINCH, previous)
+        os.close(master)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def _relay(master: int, user: int) -> None:
+    """Copy the user's keys to the pty and the pty's output to the user's screen until the pty closes."""
+    import select
+    screen = sys.stdout.fileno()
+    inputs = [master, user]
+    while True:
+        try:
+            ready, _, _ = select.select(inputs, [], [])
+        except InterruptedError:
+            continue
+        if master in ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError:   # EIO: every process holding the pty's other end has gone
+                return
+            if not data:
+                return
+            os.write(screen, data)
+        if user in ready:
+            data = os.read(user, 65536)
+            if data:
+                os.write(master, data)
+            else:   # the user's input ended (not a terminal): end the box's input too
+                inputs.remove(user)
+                os.write(master, bytes([termios.tcgetattr(master)[6][termios.VEOF][0]]))
+
+
 def _pump(pipe: IO[bytes], log: Path | None, stream: bool, watch: _Watchdog | None = None) -> str:
     """Copy a command's output to its log and, when streaming, the terminal; keep the last lines."""
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
@@ -118,8 +188,8 @@ def _pump(pipe: IO[bytes], log: Path | None, stream: bool, watch: _Watchdog | No
                 watch.heard()
             if logfile:
                 logfile.write(raw)
-            if stream:
-                sys.__stderr__.buffer.write(raw)
+            if stream:   # the user's terminal gets no control sequences from a build
+                sys.__stderr__.buffer.write(printable(raw.decode(errors="replace")).encode())
                 sys.__stderr__.flush()
             tail.append(raw.decode(errors="replace"))
     finally:

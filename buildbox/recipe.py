@@ -53,10 +53,18 @@ Set = Union[TarballSet, BootstrapSet]
 
 
 @dataclass(frozen=True)
+class UnpackLimits:
+    """How big a tarball (a set, a source) may unpack: a gzip bomb is an error, not a full disk."""
+    unpacked: int = 20 << 30      # bytes of files
+    members: int = 2_000_000
+
+
+@dataclass(frozen=True)
 class Base:
     name: str
     path: Path
     sets: tuple[Set, ...]
+    unpack: UnpackLimits = UnpackLimits()
 
 
 @dataclass(frozen=True)
@@ -117,6 +125,7 @@ class Limits:
 
 LIMIT_KEYS = {"memory": "size", "processes": "count", "files": "count", "cpu": "time", "file-size": "size",
               "timeout": "time", "silence": "time"}
+UNPACK_KEYS = {"unpacked": "size", "members": "count"}
 
 
 @dataclass(frozen=True)
@@ -133,6 +142,7 @@ class Recipe:
     verify_run: tuple[str, ...]
     network: bool = False
     limits: Limits = Limits()
+    unpack: UnpackLimits = UnpackLimits()   # not part of any key: a tarball unpacks whole or not at all
     lines: tuple[tuple[str, int], ...] = ()
     lock: Lock | None = field(default=None, compare=False)   # recipes/NAME.lock, if there is one
 
@@ -249,7 +259,7 @@ def load_base(name: str, recipes_dir: Path, *, where: str) -> Base:
         raise InputError(f"base '{name}' does not exist (no {path})", where=where,
                          hint=f"known bases: {', '.join(known)}" if known else "create that file")
     doc = _Doc(path)
-    doc.check_keys(doc.data, (), {"set": list_of_tables})
+    doc.check_keys(doc.data, (), {"set": list_of_tables, "limits": dict})
     sets = doc.data.get("set")
     if not sets:
         doc.fail((), None, "a base needs at least one [[set]]",
@@ -288,7 +298,8 @@ def load_base(name: str, recipes_dir: Path, *, where: str) -> Base:
         else:
             doc.fail(table, None, "a set needs url and sha256 (a tarball) or suite and mirror (a bootstrap)",
                      None, index)
-    return Base(name, path, tuple(parsed))
+    _, unpack = _parse_limits(doc, doc.data.get("limits", {}), UNPACK_KEYS)
+    return Base(name, path, tuple(parsed), unpack)
 
 
 def load_recipe(path: Path, *, locked: bool = True) -> Recipe:
@@ -336,28 +347,30 @@ def load_recipe(path: Path, *, locked: bool = True) -> Recipe:
 
     verify = data.get("verify", {})
     doc.check_keys(verify, ("verify",), {"static": bool, "run": list})
+    limits, unpack = _parse_limits(doc, data.get("limits", {}), {**LIMIT_KEYS, **UNPACK_KEYS})
     recipe = Recipe(path=path, name=name, base=base, install=install, build_deps=build_deps,
                     source=source, env=tuple(sorted(env.items())), script=script,
                     static=verify.get("static", False), verify_run=tuple(verify.get("run", [])),
-                    network=build.get("network", False), limits=_parse_limits(doc, data.get("limits", {})),
+                    network=build.get("network", False), limits=limits, unpack=unpack,
                     lines=(("packages", doc.line_of(("packages",))), ("source", doc.line_of(("source",))),
                            ("script", doc.line_of(("build",), "script"))))
     from buildbox.lock import read_lock   # lock.py reads its file with this module's helpers
     return dataclasses.replace(recipe, lock=read_lock(recipe)) if locked else recipe
 
 
-def _parse_limits(doc: _Doc, table: dict[str, Any]) -> Limits:
+def _parse_limits(doc: _Doc, table: dict[str, Any], allowed: dict[str, str]) -> tuple[Limits, UnpackLimits]:
     """[limits]: sizes as 512M / 4G (or bytes), times as 90s / 20m / 2h (or seconds), counts as numbers."""
-    doc.check_keys(table, ("limits",), {key: object for key in LIMIT_KEYS})
+    doc.check_keys(table, ("limits",), {key: object for key in allowed})
     values: dict[str, int] = {}
     for key, value in table.items():
-        kind = LIMIT_KEYS[key]
+        kind = allowed[key]
         amount = None if isinstance(value, bool) else parse_amount(str(value), kind)
         if amount is None:
             example = {"size": '"4G" or "512M"', "time": '"2h", "20m" or "90s"', "count": "a number such as 1024"}
             doc.fail(("limits",), key, f"{key} = {value!r} is not a {kind}", f"write {key} = {example[kind]}")
         values[key.replace("-", "_")] = amount
-    return Limits(**values)
+    return (Limits(**{k: v for k, v in values.items() if k not in UNPACK_KEYS}),
+            UnpackLimits(**{k: v for k, v in values.items() if k in UNPACK_KEYS}))
 
 
 def _parse_source(doc: _Doc, source: dict[str, Any] | None) -> Source:

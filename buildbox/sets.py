@@ -4,20 +4,21 @@ and the one safe way to unpack any tarball into a root."""
 from __future__ import annotations
 
 import os
-import posixpath
 import shutil
 import stat
 import sys
 import tarfile
 import time
+import zlib
 from pathlib import Path
 from urllib.parse import urlparse
 
 from buildbox import log
 from buildbox.base import EPOCH   # fixed: the same bootstrap inputs give the same tarball
 from buildbox.errors import BuildFailed, InputError
+from buildbox.inroot import Root, set_attributes
 from buildbox.process import run
-from buildbox.recipe import BootstrapSet
+from buildbox.recipe import BootstrapSet, UnpackLimits
 from buildbox.store import file_sha256
 
 CHUNK = 1 << 16
@@ -122,9 +123,8 @@ def make_bootstrap(spec: BootstrapSet, dest: Path, logfile: Path) -> None:
     # deb-src too: recipes install the Build-Depends of, and fetch, Debian source packages. Written
     # here, as mmdebstrap would have written it, rather than given to it: it would download the
     # Sources index only to throw it away (every box that installs runs apt-get update first).
-    sources = dest / "etc/apt/sources.list"
-    if not sources.is_symlink():
-        sources.write_text(f"{deb}\n\ndeb-src {spec.mirror} {spec.suite} main\n")
+    with Root(dest) as tree:
+        tree.write("/etc/apt/sources.list", f"{deb}\n\ndeb-src {spec.mirror} {spec.suite} main\n")
     # Written into a directory, mmdebstrap leaves the device nodes its chroot used (console,
     # ptmx, ...); a set holds none: buildbox makes the few a box gets itself.
     for node in sorted((dest / "dev").iterdir()) if (dest / "dev").is_dir() else []:
@@ -143,71 +143,136 @@ def make_bootstrap(spec: BootstrapSet, dest: Path, logfile: Path) -> None:
     os.utime(dest, (EPOCH, EPOCH))
 
 
-def extract(tar_path: Path, root: Path, *, what: str, owner: tuple[int, int] | None = None,
-            strip_top: bool = False) -> None:
-    """Unpack a tarball into root; refuse any member that would land (or point) outside it.
+def extract(tar_path: Path, root: Path, *, what: str, limits: UnpackLimits,
+            owner: tuple[int, int] | None = None, root_filesystem: bool = False) -> None:
+    """Unpack a tarball into root; no member, link, owner or mode change can touch anything outside it.
 
-    Modes are kept as written (setuid bits, the sticky /tmp): a root filesystem needs them.
-    Device nodes are refused: buildbox makes the few a box gets itself.
+    The rules of tarfile's data filter, without depending on a Python that has it: no absolute or
+    '..' names, no link that points out of the root (absolute, or up past it), no hard link to a
+    link, no device nodes or fifos. A root_filesystem (a set) keeps its absolute links: every
+    Debian tree has them (/usr/bin/awk -> /etc/alternatives/awk), and they name places inside
+    the root, as the box reads them. And more than rules: every member is created through a
+    directory opened inside the root (inroot), with its last component never followed, so a link
+    the tarball made earlier cannot carry a later write, chown or chmod anywhere, whatever it
+    points to. Modes are kept as written (setuid bits, the sticky /tmp): a root filesystem needs them.
     """
     try:
         tar = tarfile.open(tar_path)
     except (tarfile.TarError, OSError) as err:
-        raise InputError(f"{what}: not a readable tarball: {err}", hint="check the URL and the sha256")
-    with tar:
-        top = _single_top(tar) if strip_top else None
-
-        def check(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
-            name = member.name
-            if top:
-                inner = _relative(name).rstrip("/")
-                if inner == top:
-                    return None
-                member = member.replace(name=inner[len(top) + 1:], deep=False)
-            if name.startswith("/") or ".." in name.split("/"):
-                raise InputError(f"{what}: member '{name}' has an absolute or '..' path",
-                                 hint="rebuild the tarball with paths relative to its root")
-            if member.isdev() or member.isfifo():
-                raise InputError(f"{what}: member '{name}' is a device node or fifo",
-                                 hint="leave /dev out of the set; buildbox makes the nodes a box needs")
-            if member.islnk():
-                target = posixpath.normpath(_relative(member.linkname))
-                if member.linkname.startswith("/") or target == ".." or target.startswith("../"):
-                    raise InputError(f"{what}: hard link '{name}' points out of the root ({member.linkname})",
-                                     hint="make the link point inside the set")
-            if member.issym() and not member.linkname.startswith("/"):
-                target = posixpath.normpath(posixpath.join(posixpath.dirname(member.name), member.linkname))
-                if target == ".." or target.startswith("../"):
-                    raise InputError(f"{what}: symlink '{name}' points out of the root ({member.linkname})",
-                                     hint="make the link point inside the set")
+        raise InputError(f"{what}: not a readable tarball: {err}", hint="check the URL and the sha256") from None
+    directories: list[tuple[str, tarfile.TarInfo]] = []
+    members = unpacked = 0
+    with tar, Root(root) as tree:
+        while True:
             try:
-                safe = tarfile.tar_filter(member, dest)
-            except tarfile.FilterError as err:
-                raise InputError(f"{what}: member '{name}' is refused: {err}",
-                                 hint="rebuild the tarball with paths relative to its root") from None
-            safe = safe.replace(mode=member.mode, deep=False)
-            if owner:
-                safe = safe.replace(uid=owner[0], gid=owner[1], uname="", gname="", deep=False)
-            return safe
+                member = tar.next()
+            except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
+                raise InputError(f"{what}: the tarball is damaged: {err}", hint="fetch it again") from None
+            if member is None:
+                break
+            tar.members.clear()   # tarfile keeps every header it read: not two million of them
+            members += 1
+            if members > limits.members:
+                raise InputError(f"{what}: more than {limits.members} members",
+                                 hint="raise [limits] members in the recipe or base if the tarball is right")
+            if member.isreg():
+                unpacked += member.size
+                if unpacked > limits.unpacked:
+                    raise InputError(f"{what}: unpacks to more than {limits.unpacked} bytes",
+                                     hint="raise [limits] unpacked in the recipe or base if the tarball is right")
+            name = _checked_name(member, what)
+            try:
+                if name is None:   # the root itself: its owner and mode are buildbox's
+                    continue
+                if member.isdir():
+                    tree.makedirs(name, mode=0o755, owner=owner)
+                    directories.append((name, member))
+                    continue
+                _check_link(tree, member, name, what, root_filesystem)
+                parent = name.rpartition("/")[0]
+                if parent:
+                    tree.makedirs(parent, mode=0o755, owner=owner)
+                ids = owner or (member.uid, member.gid)
+                if member.issym():
+                    tree.symlink(member.linkname, name)
+                    tree.lchown(name, *ids)
+                elif member.islnk():
+                    _hard_link(tree, _normal(member.linkname), name)
+                else:
+                    _write_member(tree, tar, member, name, ids)
+            except OSError as err:
+                raise InputError(f"{what}: cannot unpack member '{member.name}': {err.strerror}",
+                                 hint="rebuild the tarball without it") from None
+        # Directories last and deepest first: a read-only one must not stop what goes inside it.
+        for name, member in reversed(directories):
+            found = tree.lstat(name)
+            if found and stat.S_ISDIR(found.st_mode):   # not a link a later member put in its place
+                tree.set(name, mode=member.mode & 0o7777, owner=owner or (member.uid, member.gid),
+                         mtime=member.mtime)
 
+
+def _normal(name: str) -> str:
+    """A member's name without './' and trailing '/' parts."""
+    return "/".join(part for part in name.split("/") if part not in ("", "."))
+
+
+def _checked_name(member: tarfile.TarInfo, what: str) -> str | None:
+    """The member's path inside the root (None for the root itself), or an error naming it."""
+    name = _normal(member.name)
+    if member.name.startswith("/") or ".." in name.split("/"):
+        raise InputError(f"{what}: member '{member.name}' has an absolute or '..' path",
+                         hint="rebuild the tarball with paths relative to its root")
+    if member.isdev() or member.isfifo():
+        raise InputError(f"{what}: member '{member.name}' is a device node or fifo",
+                         hint="leave /dev out of the tarball; buildbox makes the nodes a box needs")
+    if not name and not member.isdir():
+        raise InputError(f"{what}: member '{member.name}' would replace the root itself",
+                         hint="rebuild the tarball with paths relative to its root")
+    return name or None
+
+
+def _check_link(tree: Root, member: tarfile.TarInfo, name: str, what: str, root_filesystem: bool) -> None:
+    if member.issym() and tree.escapes(name, member.linkname, absolute_ok=root_filesystem):
+        raise InputError(f"{what}: symlink '{member.name}' points out of the root ({member.linkname})",
+                         hint="make the link relative and inside the tarball")
+    if member.islnk():
+        target = _normal(member.linkname)
+        if member.linkname.startswith("/") or not target or ".." in target.split("/"):
+            raise InputError(f"{what}: hard link '{member.name}' points out of the root ({member.linkname})",
+                             hint="make the link point inside the tarball")
+        found = tree.lstat(target)
+        if found is None or not stat.S_ISREG(found.st_mode):
+            raise InputError(f"{what}: hard link '{member.name}' points to "
+                             f"{'nothing' if found is None else 'a link or a non-file'} ({member.linkname})",
+                             hint="a hard link must name a regular file earlier in the tarball")
+
+
+def _hard_link(tree: Root, target: str, name: str) -> None:
+    src_dir, src_name = tree.parent(target)
+    try:
+        tree.remove(name)
+        dst_dir, dst_name = tree.parent(name)
         try:
-            tar.extractall(root, numeric_owner=True, filter=check)
-        except (tarfile.TarError, EOFError) as err:
-            raise InputError(f"{what}: the tarball is damaged: {err}", hint="fetch it again") from None
+            os.link(src_name, dst_name, src_dir_fd=src_dir, dst_dir_fd=dst_dir, follow_symlinks=False)
+        finally:
+            os.close(dst_dir)
+    finally:
+        os.close(src_dir)
 
 
-def _single_top(tar: tarfile.TarFile) -> str | None:
-    """The one top-level directory every member is under (as in NAME-1.0/...), if there is one."""
-    names = [_relative(m.name) for m in tar.getmembers()]
-    tops = {name.split("/", 1)[0] for name in names if name not in ("", ".")}
-    if len(tops) != 1:
-        return None
-    top = tops.pop()
-    alone = [m for m in tar.getmembers() if _relative(m.name).rstrip("/") == top]
-    return top if all(m.isdir() for m in alone) and len(alone) < len(names) else None
-
-
-def _relative(name: str) -> str:
-    while name.startswith("./"):
-        name = name[2:]
-    return name
+def _write_member(tree: Root, tar: tarfile.TarFile, member: tarfile.TarInfo, name: str,
+                  ids: tuple[int, int]) -> None:
+    """A regular file, written through a descriptor opened inside the root and never through a link."""
+    source = tar.extractfile(member)
+    dirfd, last = tree.parent(name)
+    try:
+        tree.remove(name)
+        fd = os.open(last, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=dirfd)
+    finally:
+        os.close(dirfd)
+    with os.fdopen(fd, "wb") as out:
+        if source is not None:
+            shutil.copyfileobj(source, out, CHUNK)
+        out.flush()
+        set_attributes(fd, member.mode & 0o7777, ids, member.mtime)

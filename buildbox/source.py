@@ -11,7 +11,7 @@ from buildbox.base import BUILD_DIR, BUILDER, SRC
 from buildbox.box import Box
 from buildbox.errors import BuildFailed, InputError
 from buildbox.packages import fetch_access
-from buildbox.recipe import DebianSource, GitSource, Source, UrlSource
+from buildbox.recipe import DebianSource, GitSource, Source, UnpackLimits, UrlSource
 from buildbox.sets import extract, fetch_verified
 from buildbox.store import Store, file_sha256, remove_tree, write_meta
 
@@ -29,7 +29,7 @@ def _git_url(box: Box, source: GitSource) -> str:
     box.bind(local, UPSTREAM)
     # The bound repository belongs to a host user, not to the build user, and git 2.39 takes
     # safe.directory only from a global or system file, not from `-c`.
-    box.path(GITCONFIG).write_text("[safe]\n\tdirectory = *\n")
+    box.write(GITCONFIG, "[safe]\n\tdirectory = *\n")
     return f"file://{UPSTREAM}"
 
 
@@ -66,23 +66,30 @@ def resolve_git(store: Store, layers: list[Path], source: GitSource, *, where: s
 
 
 def make_source(store: Store, layers: list[Path], source: Source, commit: str | None,
-                entry: Path, logfile: Path, *, pin: dict[str, str] | None = None) -> None:
+                entry: Path, logfile: Path, *, pin: dict[str, str] | None = None,
+                limits: UnpackLimits = UnpackLimits()) -> None:
     """Fill entry/ with a layer holding the source tree at /build/src, and its pin (the lock's
     [source]) as its meta. A pin given (from a lock) says which version to fetch, and is checked."""
     if isinstance(source, UrlSource):
-        _from_tarball(store, source, entry)
+        _from_tarball(store, source, limits, entry)
     else:
         _in_box(store, layers, source, commit, entry, logfile, pin)
 
 
-def _from_tarball(store: Store, source: UrlSource, entry: Path) -> None:
+def _from_tarball(store: Store, source: UrlSource, limits: UnpackLimits, entry: Path) -> None:
     tarball = ensure_download(store, source.url, source.sha256)
+    unpacked = entry / ".unpacked"
+    unpacked.mkdir()
+    extract(tarball, unpacked, what=source.url, limits=limits, owner=(BUILDER.uid, BUILDER.gid))
+    # A single top-level directory (NAME-1.0/) is stripped: the source is what is inside it.
+    top = list(unpacked.iterdir())
+    tree = top[0] if len(top) == 1 and top[0].is_dir() and not top[0].is_symlink() else unpacked
     src = entry / SRC.lstrip("/")
-    src.mkdir(parents=True)
+    src.parent.mkdir(parents=True)
+    tree.rename(src)
+    remove_tree(unpacked)
     for path in (src.parent, src):
         os.chmod(path, 0o755)
-    extract(tarball, src, what=source.url, owner=(BUILDER.uid, BUILDER.gid), strip_top=True)
-    for path in (entry / BUILD_DIR.lstrip("/"), src):
         os.chown(path, BUILDER.uid, BUILDER.gid)
     write_meta(entry, {"url": source.url, "sha256": source.sha256})
 

@@ -204,9 +204,9 @@ class Planner:
             with log.step(f"Making the base {base.name} from {len(sets)} set(s)"):
                 if under:
                     with Box(self.store, under, label="base", upper=tmp / "root") as box:
-                        make_base(box.root, rest)
+                        make_base(box.root, rest, base.unpack)
                 else:
-                    make_base(tmp / "root", rest)
+                    make_base(tmp / "root", rest, base.unpack)
             write_meta(tmp, {"base": base.name, "sets": [self.set_digest(s, d) for s, d in sets]})
         self.store.ensure("bases", key, make)
         return key
@@ -248,7 +248,7 @@ class Planner:
         with log.step(f"Fetching the source of {recipe.name}"):
             try:
                 make_source(self.store, layers, recipe.source, self.commit(recipe), tmp,
-                            self.logfile(recipe.name, "source"), pin=pin)
+                            self.logfile(recipe.name, "source"), pin=pin, limits=recipe.unpack)
             except BuildFailed as err:
                 raise explain_apt_failure(err, recipe.at("source"), recipe.lock) from None
 

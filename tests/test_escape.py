@@ -21,6 +21,7 @@ pytestmark = pytest.mark.integration
 
 # Each line: a name, then a shell command that succeeds only if the way out is open.
 # perl's syscall() reaches the kernel directly (x86_64 numbers), with no helper binary in between.
+# Where the kernel itself may say no (no vsock module), only the filter's EPERM counts as refused.
 ATTEMPTS = r"""
 write-host-path        sh -c 'echo pwned > "$CANARY"'
 read-shadow            cat /etc/shadow
@@ -57,6 +58,9 @@ set-clock              perl -e 'exit(syscall(164, pack("qq", 0, 0), 0) == -1 ? 1
 host-devices           sh -c 'test -e /dev/sda || test -e /dev/vda || test -e /dev/mem || test -e /dev/kmsg'
 fill-disk              dd if=/dev/zero of=big bs=1M count=64
 fill-memory            perl -e '$x = "a" x (1536 * 1024 * 1024); exit 0'
+io-uring               perl -e 'my $p = "\0" x 120; exit(syscall(425, 8, $p) == -1 ? 1 : 0)'
+vsock-socket           perl -e 'socket(my $s, 40, 1, 0) and exit 0; exit($!{EPERM} ? 1 : 0)'
+vsock-socket-bit32     perl -e 'syscall(41, 40 | (1 << 32), 1, 0) != -1 and exit 0; exit($!{EPERM} ? 1 : 0)'
 fork-bomb              sh -c 'n=0; while [ $n -lt 200 ]; do sleep 3605 & n=$((n+1)); done; exit 0'
 """
 

@@ -85,3 +85,42 @@ def test_after_a_failed_build_shell_failed_enters_the_box_the_build_left(workspa
             type_in(session, "exit")
             wait_for(session, "SHELL-ENDED")
         assert mounts_under(workspace.cache) == []
+
+
+# A command planted in the box pushes keys into its terminal (TIOCSTI: plainly, and with bit 32 of
+# the request set, which a seccomp rule comparing all 64 bits lets through while the kernel reads
+# 32), then kills the shell, so that the keys wait for whoever reads the terminal next.
+PLANTED = r"""#!/bin/sh
+perl -e 'for $bit (0, 1 << 32) { $n = 0; for (split //, "touch $ENV{MARK}\n") { $n++ if syscall(16, 0, 0x5412 | $bit, $_) != -1 } print $n ? "pushed:$bit\n" : "refused:$bit:$!\n" }'
+kill -9 $PPID
+"""
+
+
+@pytest.mark.parametrize("flags,command", [((), "ls"), (("--root",), "/home/builder/bin/ls")])
+def test_keys_a_box_pushes_into_its_terminal_never_reach_the_users_shell(
+        workspace: Workspace, tmp_path: Path, flags: tuple[str, ...], command: str) -> None:
+    mark = tmp_path / "host-ran-it"
+    script = f"cat > \"$HOME/bin/ls\" <<'PLANT'\n{PLANTED}PLANT\nchmod 755 \"$HOME/bin/ls\"\nexit 3"
+    recipe = shell_recipe(workspace, "planter", script)
+    recipe.write_text(recipe.read_text().replace("[build]\n", f'[build]\nenv = {{ MARK = "{mark}" }}\n'))
+    shutil.rmtree(workspace.cache / "failed" / "planter", ignore_errors=True)
+    workspace.buildbox("run", recipe, "-q", check=1)
+    # The user's own interactive shell runs buildbox and reads the terminal after it, as at a desk.
+    session = f"bbkeys{os.getpid()}"
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "160", "-y", "30",
+                    "bash --norc --noprofile -i"], check=True)
+    try:
+        type_in(session, f"cd {workspace.root} && PYTHONPATH={REPO} {sys.executable} -m buildbox shell --failed "
+                         f"{' '.join(flags)} {recipe} --cache {workspace.cache}; echo SHELL-$((1 + 1))-ENDED")
+        wait_for(session, "planter:/build/src")
+        type_in(session, command)
+        wait_for(session, "SHELL-2-ENDED")
+        type_in(session, "echo HOST-SHELL-$((6 * 7))")
+        shown = wait_for(session, "HOST-SHELL-42")
+        assert not mark.exists(), shown
+        if not flags:   # the build user's seccomp filter refuses the ioctl both ways
+            assert "refused:0:Operation not permitted" in shown and \
+                f"refused:{1 << 32}:Operation not permitted" in shown, shown
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+    assert mounts_under(workspace.cache) == []
