@@ -65,7 +65,10 @@ def make_base(root: Path, sets: list[tuple[str, Path]], limits: UnpackLimits, us
     root.mkdir(exist_ok=True)
     for label, path in sets:
         if path.is_dir():
-            run(["cp", "-a", "--", f"{path}/.", str(root)], what=f"copying {label} into the base")
+            # Replacing what is there, never opening it: a link the sets before made is not written
+            # through (cp refuses to put a directory over one).
+            run(["cp", "-a", "--remove-destination", "--", f"{path}/.", str(root)],
+                what=f"copying {label} into the base")
         else:
             extract(path, root, what=label, limits=limits, root_filesystem=True)
     with Root(root) as tree:

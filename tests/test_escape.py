@@ -61,6 +61,7 @@ fill-memory            perl -e '$x = "a" x (1536 * 1024 * 1024); exit 0'
 io-uring               perl -e 'my $p = "\0" x 120; exit(syscall(425, 8, $p) == -1 ? 1 : 0)'
 vsock-socket           perl -e 'socket(my $s, 40, 1, 0) and exit 0; exit($!{EPERM} ? 1 : 0)'
 vsock-socket-bit32     perl -e 'syscall(41, 40 | (1 << 32), 1, 0) != -1 and exit 0; exit($!{EPERM} ? 1 : 0)'
+users-terminal         sh -c 'test -t 0 || test -t 1 || exec 3<>/dev/tty'
 fork-bomb              sh -c 'n=0; while [ $n -lt 200 ]; do sleep 3605 & n=$((n+1)); done; exit 0'
 """
 

@@ -135,8 +135,13 @@ def test_the_base_step_never_writes_through_a_link_the_sets_made(tmp_path: Path)
     for link in links:
         (root / link).symlink_to(canaries.file if link != "dev" else canaries.folder)
     (root / "build").symlink_to("../" * 20 + str(canaries.folder).lstrip("/"))
-    make_base(root, [], UnpackLimits())
+    (root / "etc/os-release").symlink_to(canaries.file)
+    bootstrap = tmp_path / "bootstrap"   # a bootstrap set after the sets that made the links
+    (bootstrap / "etc").mkdir(parents=True)
+    (bootstrap / "etc/os-release").write_text("from the bootstrap\n")
+    make_base(root, [("set 2", bootstrap)], UnpackLimits())
     assert canaries.untouched()
+    assert (root / "etc/os-release").read_text() == "from the bootstrap\n"
     assert [p.name for p in canaries.folder.iterdir()] == ["canary"]
     for link in links + ["build"]:
         assert not (root / link).is_symlink(), link
