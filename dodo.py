@@ -1,27 +1,25 @@
 """The buildbox stages as plain doit tasks: `doit` rebuilds every recipe in recipes/ (a nightly
 cron job), `doit list` shows the tasks. The cache is $BUILDBOX_CACHE or ./cache, artifacts go to ./out."""
 
-import os
 import sys
 from pathlib import Path
 
+from buildbox import log
 from buildbox.errors import BuildboxError
 from buildbox.recipe import find_recipes, load_recipe
-from buildbox.store import Store
+from buildbox.store import Store, default_cache
 from buildbox.tasks import Planner
 
 _HERE = Path(__file__).resolve().parent
 
 try:
     _recipes = [load_recipe(path) for path in find_recipes(_HERE / "recipes")]
-except BuildboxError as err:
-    sys.exit(f"buildbox: error: {err}")
-
-_planner = Planner(Store(Path(os.environ.get("BUILDBOX_CACHE", _HERE / "cache"))), _recipes, _HERE / "out",
-                   report_failures=True)
-# Held while doit runs (released when it exits): `buildbox gc` never removes what these tasks use.
-_planner.store.root.mkdir(parents=True, exist_ok=True)
-_in_use = _planner.store.in_use()
-_in_use.__enter__()
+    _planner = Planner(Store(default_cache(_HERE / "cache")), _recipes, _HERE / "out", report_failures=True)
+    # Held while doit runs (released when it exits): `buildbox gc` never removes what these tasks use.
+    _in_use = _planner.store.in_use()
+    _in_use.__enter__()
+except BuildboxError as err:   # the exit statuses of the buildbox command
+    log.error(err)
+    sys.exit(err.exit_code)
 _planner.reap()
 globals().update(_planner.namespace())

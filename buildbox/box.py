@@ -22,7 +22,7 @@ from buildbox.base import DEVICES
 from buildbox.errors import BuildFailed, InputError
 from buildbox.inroot import Root
 from buildbox.process import run
-from buildbox.store import Store, remove_tree
+from buildbox.store import Store, mounts_under, remove_tree
 
 ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MAX_SYMLINKS = 40
@@ -65,18 +65,6 @@ def resolve_in_root(root: Path, path: str) -> Path:
             continue
         resolved.append(part)
     return root.joinpath(*resolved)
-
-
-def mounts_under(path: Path) -> list[str]:
-    """Mount points at or below path, deepest first (from /proc/self/mountinfo)."""
-    prefix = str(path)
-    found = []
-    with open("/proc/self/mountinfo") as info:
-        for line in info:
-            target = line.split()[4].encode().decode("unicode_escape")
-            if target == prefix or target.startswith(prefix + "/"):
-                found.append(target)
-    return sorted(found, key=len, reverse=True)
 
 
 class Box:

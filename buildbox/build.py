@@ -16,11 +16,11 @@ from buildbox import __version__, log
 from buildbox.base import BUILDER, EPOCH, OUT, SRC, BuildUser, renumber_user
 from buildbox.box import NAMESPACES, Box, resolve_in_root
 from buildbox.errors import BuildFailed, InputError
+from buildbox.out import MANIFEST
 from buildbox.process import run
 from buildbox.recipe import Limits, Recipe
 from buildbox.store import Store, file_sha256, remove_tree
 
-MANIFEST = "manifest.json"
 MAX_DEPTH = 32
 NOBODY = 65534
 
@@ -235,36 +235,3 @@ def run_verify_commands(recipe: Recipe, files: Path, logfile: Path) -> None:
                 log=logfile, stream=not log.quiet)
     finally:
         remove_tree(place)
-
-
-def install_out(entry: Path, dest: Path) -> None:
-    """Put a build entry's artifacts and manifest at dest, replacing what was there in one rename."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if dest.is_symlink() or dest.is_file():
-        raise InputError(f"{dest} is not a directory", hint="remove it or choose another --out")
-    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
-    old = dest.parent / f".{dest.name}.old-{os.getpid()}"
-    remove_tree(tmp)
-    shutil.copytree(entry / "files", tmp)
-    shutil.copy2(entry / MANIFEST, tmp / MANIFEST)
-    if dest.exists():
-        os.rename(dest, old)
-    os.rename(tmp, dest)
-    remove_tree(old)
-
-
-def out_is_current(dest: Path, key: str) -> bool:
-    """Whether dest holds the build `key`, whole (every artifact there at its recorded size)."""
-    try:
-        manifest = json.loads((dest / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return False
-    if manifest.get("key") != key:
-        return False
-    for rel, fact in manifest.get("artifacts", {}).items():
-        try:
-            if (dest / rel).stat().st_size != fact["size"]:
-                return False
-        except OSError:
-            return False
-    return True

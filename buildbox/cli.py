@@ -26,7 +26,7 @@ def parser() -> argparse.ArgumentParser:
     commands = top.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--cache", type=Path, default=Path(os.environ.get("BUILDBOX_CACHE", "cache")),
+        p.add_argument("--cache", type=_cache_path, default=None,
                        help="the cache directory (default: $BUILDBOX_CACHE or ./cache)")
         p.add_argument("--debug", action="store_true", help="show tracebacks")
 
@@ -74,9 +74,18 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def _cache_path(text: str) -> Path:
+    if not text:
+        raise argparse.ArgumentTypeError("--cache is empty: name the cache directory")
+    return Path(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        if getattr(args, "cache", False) is None:
+            from buildbox.store import default_cache
+            args.cache = default_cache(Path("cache"))
         command = {"run": cmd_run, "lock": cmd_lock, "list": cmd_list, "gc": cmd_gc, "clean": cmd_clean,
                    "shell": cmd_shell, "verify": cmd_verify}[args.command]
         return command(args)
@@ -164,7 +173,7 @@ def _stop_on_signals() -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from buildbox.build import out_is_current
+    from buildbox.out import is_current
     from buildbox.recipe import find_recipes
     from buildbox.store import KINDS, Store, tree_size
     from buildbox.tasks import Planner
@@ -176,7 +185,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         size = ""
         try:
             key = planner.build_key(recipe)
-            if out_is_current(planner.out_dir(recipe), key):
+            if is_current(planner.out_dir(recipe), key, planner.stamps(recipe)):
                 state = "up to date"
             elif planner.store.has("builds", key):
                 state = "built (in the cache, not in out/)"

@@ -82,6 +82,7 @@ def clean(store: Store) -> None:
     """Remove everything but the downloaded and bootstrapped sets."""
     with store.in_use(exclusive=True):
         reap_dead_boxes(store)
-        for name in ("bases", "layers", "sources", "builds", "failed", "debs", "logs", "verify", "doit.sqlite3"):
+        for name in ("bases", "layers", "sources", "builds", "failed", "debs", "logs", "verify", "installed",
+                     "doit.sqlite3"):
             remove_tree(store.root / name)
         store.remove_stale_tmp()

@@ -60,6 +60,18 @@ def tree_sha256(root: Path) -> str:
     return digest.hexdigest()
 
 
+def default_cache(fallback: Path) -> Path:
+    """$BUILDBOX_CACHE, or fallback; set but empty is a mistake, not the current directory."""
+    chosen = os.environ.get("BUILDBOX_CACHE")
+    if chosen is None:
+        return fallback
+    if not chosen.strip():
+        from buildbox.errors import InputError
+        raise InputError("$BUILDBOX_CACHE is set but empty",
+                         hint="unset it (the cache is then ./cache) or name the cache directory")
+    return Path(chosen)
+
+
 class Store:
     """A cache directory: KIND/KEY/ entries, plus the shared .deb cache, logs, boxes and locks."""
 
@@ -78,9 +90,40 @@ class Store:
             return False
         return True
 
+    def claim(self, *, create: bool) -> None:
+        """Make sure root is a buildbox cache before anything in it is made or removed.
+
+        A cache is marked when made (CACHEDIR.TAG, so backup tools skip it, and buildbox's own
+        marker with the cache's format). With create, a missing or empty directory becomes a cache,
+        and an unmarked one holding nothing but what buildbox puts in a cache (one made before
+        caches were marked) is adopted; any other directory is refused: the cleaners delete
+        whatever a cache holds, and must never be pointed at someone's project.
+        """
+        from buildbox.errors import InputError
+        if (self.root / MARKER).is_file():
+            return
+        hint = "point --cache (or $BUILDBOX_CACHE) at a buildbox cache, or at a new directory"
+        if not create:
+            raise InputError(f"{self.root} is not a buildbox cache (it has no {MARKER})", hint=hint)
+        if self.root.exists() and not self.root.is_dir():
+            raise InputError(f"the cache {self.root} is not a directory", hint=hint)
+        found = {p.name for p in self.root.iterdir()} if self.root.exists() else set()
+        strays = sorted(found - BUILDBOX_TOP_LEVEL)
+        if strays:
+            raise InputError(f"{self.root} is not a buildbox cache: it holds {', '.join(strays[:3])}"
+                             f"{' and more' if len(strays) > 3 else ''}, which buildbox did not make", hint=hint)
+        if found - {".keep"}:
+            from buildbox import log
+            log.say(f"buildbox: marking {self.root} as a buildbox cache (it was made before caches were marked)")
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_atomically(self.root / CACHEDIR_TAG, CACHEDIR_TAG_TEXT)
+        write_atomically(self.root / MARKER, json.dumps({"buildbox-cache": True, "format": FORMAT}) + "\n")
+
     @contextlib.contextmanager
     def in_use(self, *, exclusive: bool = False) -> Iterator[None]:
-        """Held shared by every run, exclusive by gc and clean: they never remove what a run uses."""
+        """Held shared by every run, exclusive by gc and clean: they never remove what a run uses.
+        A run makes the cache if need be; gc and clean work only on one that is marked."""
+        self.claim(create=not exclusive)
         path = self.root / "locks" / "in-use.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
         for kind in PRIVATE:
@@ -174,10 +217,18 @@ class Store:
 
 
 KINDS = ("downloads", "bootstraps", "bases", "layers", "sources", "builds")
+MARKER = "buildbox-cache.json"
+CACHEDIR_TAG = "CACHEDIR.TAG"   # https://bford.info/cachedir/
+CACHEDIR_TAG_TEXT = ("Signature: 8a477f597d28d172789f06886806bc55\n"
+                     "# This file is a cache directory tag created by buildbox.\n"
+                     "# For information about cache directory tags, see https://bford.info/cachedir/\n")
 # Where box trees live, root's alone: their files belong to the box's users, and the build user's
 # uid (1000) is often a real user on the host, who could otherwise edit a cached base's dotfiles
 # (or a running build's sources) and so run code in every later build.
 PRIVATE = ("bootstraps", "bases", "layers", "sources", "builds", "boxes", "failed", "verify")
+# All that buildbox puts at a cache's top level (.keep: the checkout's empty ./cache).
+BUILDBOX_TOP_LEVEL = {*KINDS, *PRIVATE, "debs", "logs", "locks", "installed", "doit.sqlite3", MARKER, CACHEDIR_TAG,
+                      ".keep"}
 
 
 def tree_size(path: Path) -> int:
@@ -204,9 +255,50 @@ def write_meta(entry: Path, meta: dict[str, Any]) -> None:
     (entry / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """Write beside path, fsync, rename over it, fsync the directory: after a crash, path is the
+    old file or the new one, whole."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def mounts_under(path: Path) -> list[str]:
+    """Mount points at or below path, deepest first (from /proc/self/mountinfo)."""
+    prefix = str(path)
+    found = []
+    with open("/proc/self/mountinfo") as info:
+        for line in info:
+            target = line.split()[4].encode().decode("unicode_escape")
+            if target == prefix or target.startswith(prefix + "/"):
+                found.append(target)
+    return sorted(found, key=len, reverse=True)
+
+
 def remove_tree(path: Path) -> None:
-    """Remove a tree that may hold read-only dirs and overlay whiteouts (root ignores modes)."""
+    """Remove a tree that may hold read-only dirs and overlay whiteouts (root ignores modes).
+
+    Never across a mount point: a bind of a host directory would lose its files. A tree with
+    something still mounted inside is an error, to be unmounted first (boxes are, when reaped).
+    """
     if path.is_symlink() or path.is_file():
         path.unlink()
     elif path.exists():
+        mounted = mounts_under(path.absolute())
+        if mounted:
+            from buildbox.errors import BuildFailed
+            raise BuildFailed(f"not removing {path}: {mounted[-1]} is mounted inside it",
+                              hint=f"unmount it (umount -R {mounted[-1]}), then run again")
         shutil.rmtree(path)

@@ -7,6 +7,7 @@ cache holds the entry for its content key; doit brings the graph, the order and 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from buildbox.base import BUILDER, EPOCH, make_base
 from buildbox.box import SANDBOX_VERSION
 from buildbox.errors import BuildboxError, BuildFailed, InputError, Interrupted
 from buildbox.recipe import Base, BootstrapSet, DebianSource, GitSource, Recipe, Set, TarballSet, UrlSource
-from buildbox.store import Store, content_key, read_meta, tree_sha256, write_meta
+from buildbox.store import Store, content_key, read_meta, remove_tree, tree_sha256, write_meta
 
 
 class Planner:
@@ -337,12 +338,25 @@ class Planner:
         return found
 
     def install_out(self, recipe: Recipe) -> None:
-        from buildbox.build import install_out
-        install_out(self.store.entry("builds", self.build_key(recipe)), self.out_dir(recipe))
+        from buildbox import out
+        key = self.build_key(recipe)
+        try:
+            out.install(self.store.entry("builds", key), self.out_dir(recipe), self.stamps(recipe))
+        except out.CorruptEntry as err:
+            # Never shipped: the damaged entry goes, and the build runs again.
+            log.warn(f"{err}; removed it, building {recipe.name} again")
+            remove_tree(self.store.entry("builds", key))
+            self.make_build(recipe)
+            out.install(self.store.entry("builds", key), self.out_dir(recipe), self.stamps(recipe))
 
     def out_current(self, recipe: Recipe) -> bool:
-        from buildbox.build import out_is_current
-        return out_is_current(self.out_dir(recipe), self.build_key(recipe))
+        from buildbox import out
+        return out.is_current(self.out_dir(recipe), self.build_key(recipe), self.stamps(recipe))
+
+    def stamps(self, recipe: Recipe) -> Path:
+        """Where the stat signatures of what was installed at out/NAME are kept (by its path)."""
+        where = hashlib.sha256(str(self.out_dir(recipe).absolute()).encode()).hexdigest()
+        return self.store.dir("installed") / f"{where}.json"
 
     # -- doit -------------------------------------------------------------------------------
     def _action(self, name: str, work: Callable[[], None]) -> Callable[[], Any]:

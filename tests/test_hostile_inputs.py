@@ -4,7 +4,6 @@ symlink-plus-hard-link that once chowned a host file to the build user with mode
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import os

@@ -339,7 +339,8 @@ def test_gc_removes_superseded_builds_and_clean_keeps_only_the_sets(workspace: W
         return result
 
     buildbox("clean")
-    assert {p.name for p in own.cache.iterdir()} <= {"bootstraps", "downloads", "locks", "boxes"}
+    assert {p.name for p in own.cache.iterdir()} <= {"bootstraps", "downloads", "locks", "boxes",
+                                                          "CACHEDIR.TAG", "buildbox-cache.json"}
     assert list((own.cache / "downloads").iterdir()) and list((own.cache / "bootstraps").iterdir())
 
     assert "removed downloads/" in buildbox("gc", "--max-size", "1K").stdout
