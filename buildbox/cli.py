@@ -57,6 +57,9 @@ def parser() -> argparse.ArgumentParser:
     common(collector)
     cleaner = commands.add_parser("clean", help="remove everything but downloaded sets")
     common(cleaner)
+    checker = commands.add_parser("fsck", help="check every cache entry's content against its record")
+    checker.add_argument("--repair", action="store_true", help="remove the entries whose content changed")
+    common(checker)
 
     verify = commands.add_parser("verify", help="build twice under varied conditions and compare")
     verify.add_argument("recipe", type=Path, metavar="RECIPE")
@@ -87,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             from buildbox.store import default_cache
             args.cache = default_cache(Path("cache"))
         command = {"run": cmd_run, "lock": cmd_lock, "list": cmd_list, "gc": cmd_gc, "clean": cmd_clean,
-                   "shell": cmd_shell, "verify": cmd_verify}[args.command]
+                   "shell": cmd_shell, "verify": cmd_verify, "fsck": cmd_fsck}[args.command]
         return command(args)
     except BuildboxError as err:
         if args.debug:
@@ -231,6 +234,21 @@ def cmd_gc(args: argparse.Namespace) -> int:
         print(f"removed {entry.kind}/{entry.path.name} ({_human(entry.size)})")
     print(f"gc: removed {len(removed)} entries, {_human(sum(e.size for e in removed))}")
     return 0
+
+
+def cmd_fsck(args: argparse.Namespace) -> int:
+    """Exit 0 when every entry is as recorded (or the damaged ones were removed), 1 otherwise."""
+    from buildbox.gc import fsck
+    from buildbox.store import Store
+    _need_root()
+    checked, problems = fsck(Store(args.cache), repair=args.repair)
+    for entry, problem, damaged in problems:
+        removed = " (removed)" if damaged and args.repair else ""
+        print(f"{'damaged' if damaged else 'unchecked'}: {entry.kind}/{entry.path.name}: {problem}{removed}")
+    damaged = sum(1 for _, _, d in problems if d)
+    print(f"fsck: {checked} entries checked, {damaged} damaged{' and removed' if damaged and args.repair else ''}, "
+          f"{len(problems) - damaged} without a record")
+    return 1 if damaged and not args.repair else 0
 
 
 def cmd_clean(args: argparse.Namespace) -> int:

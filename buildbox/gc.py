@@ -1,4 +1,5 @@
-"""Cache upkeep: gc (unreferenced and old entries, least recently used first) and clean."""
+"""Cache upkeep: gc (unreferenced and old entries, least recently used first), clean, and fsck
+(every entry's content against what was recorded when it was made)."""
 
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def gc(store: Store, *, max_size: int | None = None, older_than: float | None = 
                 total -= entry.size
                 removed.append(entry)
         for entry in removed:
-            remove_tree(entry.path)
+            store.remove_entry(entry.kind, entry.path.name)
         # A failed build's box is kept for `shell --failed` only while the layers under it are.
         for saved in sorted((store.root / "failed").glob("*/failed.json")):
             if not all(Path(layer).is_dir() for layer in json.loads(saved.read_text())["layers"]):
@@ -86,3 +87,22 @@ def clean(store: Store) -> None:
                      "doit.sqlite3"):
             remove_tree(store.root / name)
         store.remove_stale_tmp()
+
+
+def fsck(store: Store, *, repair: bool) -> tuple[int, list[tuple[Entry, str, bool]]]:
+    """Check every entry's content against its record, as `nix-store --verify --check-contents`
+    does; with repair, remove the damaged ones (their stage makes them again when next needed).
+    Returns how many entries were checked, and (entry, what is wrong, whether it is damaged) for
+    each that is not as recorded."""
+    found = []
+    with store.in_use(exclusive=repair):
+        checked = entries(store)
+        for entry in checked:
+            problem = store.check(entry.kind, entry.path.name)
+            if problem is None:
+                continue
+            damaged = problem.startswith("content differs")
+            if damaged and repair:
+                store.remove_entry(entry.kind, entry.path.name)
+            found.append((entry, problem, damaged))
+    return len(checked), found

@@ -72,6 +72,21 @@ def default_cache(fallback: Path) -> Path:
     return Path(chosen)
 
 
+def signature(root: Path) -> list[list[Any]]:
+    """The stat of a tree's top two levels (name, mode, size, mtime): what changes when files are
+    added, removed or rewritten near the top, for a few dozen lstat calls."""
+    found = []
+    for first in sorted(os.listdir(root)):
+        for rel in [first, *(f"{first}/{n}" for n in _children(root / first))]:
+            st = os.lstat(root / rel)
+            found.append([rel, st.st_mode, st.st_size if not stat.S_ISDIR(st.st_mode) else 0, st.st_mtime_ns])
+    return found
+
+
+def _children(path: Path) -> list[str]:
+    return sorted(os.listdir(path)) if path.is_dir() and not path.is_symlink() else []
+
+
 class Store:
     """A cache directory: KIND/KEY/ entries, plus the shared .deb cache, logs, boxes and locks."""
 
@@ -119,6 +134,45 @@ class Store:
         write_atomically(self.root / CACHEDIR_TAG, CACHEDIR_TAG_TEXT)
         write_atomically(self.root / MARKER, json.dumps({"buildbox-cache": True, "format": FORMAT}) + "\n")
 
+    # -- what an entry holds, recorded when it is made --------------------------------------
+    def record_path(self, kind: str, key: str) -> Path:
+        return self.root / kind / f"{key}.record.json"
+
+    def _record(self, kind: str, key: str, tmp: Path) -> None:
+        """Record the digest of the entry's whole content (checked by fsck) and a signature that is
+        cheap to check on every use: the stat of its top two levels."""
+        record = {"sha256": tree_sha256(tmp), "signature": signature(tmp)}
+        write_atomically(self.record_path(kind, key), json.dumps(record) + "\n")
+
+    def intact(self, kind: str, key: str) -> bool:
+        """Whether the entry is there and still looks as it was made; one that does not is a miss:
+        removed, with a warning, so that its stage runs again."""
+        if not self.has(kind, key):
+            return False
+        try:
+            recorded = json.loads(self.record_path(kind, key).read_text())["signature"]
+        except (OSError, ValueError, KeyError):
+            return True   # made before entries were recorded: `buildbox fsck` says so
+        if recorded == signature(self.entry(kind, key)):
+            return True
+        from buildbox import log
+        log.warn(f"the cached {kind} entry {key[:12]} was changed since it was made; removed it, to make it again")
+        self.remove_entry(kind, key)
+        return False
+
+    def remove_entry(self, kind: str, key: str) -> None:
+        remove_tree(self.entry(kind, key))
+        self.record_path(kind, key).unlink(missing_ok=True)
+
+    def check(self, kind: str, key: str) -> str | None:
+        """What is wrong with an entry's content against its record (fsck), or None."""
+        try:
+            recorded = json.loads(self.record_path(kind, key).read_text())["sha256"]
+        except (OSError, ValueError, KeyError):
+            return "no record of its content (made before buildbox recorded them)"
+        now = tree_sha256(self.entry(kind, key))
+        return None if now == recorded else f"content differs: recorded sha256 {recorded}, now {now}"
+
     @contextlib.contextmanager
     def in_use(self, *, exclusive: bool = False) -> Iterator[None]:
         """Held shared by every run, exclusive by gc and clean: they never remove what a run uses.
@@ -154,7 +208,7 @@ class Store:
         processes wanting the same entry: one makes it, the other waits and then reuses it.
         """
         final = self.entry(kind, key)
-        if self.has(kind, key):
+        if self.intact(kind, key):
             return final
         with self.lock(f"{kind}-{key}"):
             if final.is_dir():
@@ -163,6 +217,7 @@ class Store:
             tmp.mkdir(parents=True)
             try:
                 make(tmp)
+                self._record(kind, key, tmp)
                 os.rename(tmp, final)
             except BaseException:
                 remove_tree(tmp)
@@ -184,6 +239,7 @@ class Store:
                     if self.entry(kind, key).is_dir():
                         remove_tree(tmp)
                     else:
+                        self._record(kind, key, tmp)
                         os.rename(tmp, self.entry(kind, key))
         finally:
             remove_tree(tmp)

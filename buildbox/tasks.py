@@ -400,7 +400,7 @@ class Planner:
                 yield {"name": key[:12],
                        "actions": [self._action(f"set:{key[:12]}",
                                                 lambda s=spec, d=digest, w=where: self.make_set(s, d, w))],
-                       "uptodate": [lambda s=spec, k=key: self.store.has(self.set_kind(s), k)],
+                       "uptodate": [lambda s=spec, k=key: self.store.intact(self.set_kind(s), k)],
                        "doc": f"set {getattr(spec, 'url', None) or getattr(spec, 'suite', '')}"}
 
         def task_base() -> Iterator[dict[str, Any]]:
@@ -409,7 +409,7 @@ class Planner:
                 yield {"name": base_task(recipe),
                        "actions": [self._action(f"base:{base_task(recipe)}", lambda r=recipe: self.make_base(r))],
                        "task_dep": [f"set:{self.set_key(s, d)[:12]}" for s, d in self.sets(recipe)],
-                       "uptodate": [lambda k=key: self.store.has("bases", k)],
+                       "uptodate": [lambda k=key: self.store.intact("bases", k)],
                        "doc": f"base root {recipe.base.name}"}
 
         def task_layer() -> Iterator[dict[str, Any]]:
@@ -417,7 +417,7 @@ class Planner:
             for key, recipe in layers.items():
                 yield {"name": key[:12], "actions": [self._action(f"layer:{key[:12]}", lambda r=recipe: self.make_layer(r))],
                        "task_dep": [f"base:{base_task(recipe)}"],
-                       "uptodate": [lambda k=key: self.store.has("layers", k)],
+                       "uptodate": [lambda k=key: self.store.intact("layers", k)],
                        "doc": f"packages for {recipe.name}"}
 
         def per_recipe(stage: str, work: Callable[[Recipe], None], check: Callable[[Recipe], bool],
@@ -432,13 +432,13 @@ class Planner:
         def task_source() -> Iterator[dict[str, Any]]:
             """Sources: a git commit, a tarball or a Debian source package in /build/src."""
             yield from per_recipe("source", self.make_source,
-                                  lambda r: self.store.has("sources", self.source_key(r)),
+                                  lambda r: self.store.intact("sources", self.source_key(r)),
                                   lambda r: f"layer:{self.layer_key(r)[:12]}")
 
         def task_build() -> Iterator[dict[str, Any]]:
             """Builds: the recipe's script as the build user, checked, cached."""
             yield from per_recipe("build", self.make_build,
-                                  lambda r: self.store.has("builds", self.build_key(r)),
+                                  lambda r: self.store.intact("builds", self.build_key(r)),
                                   lambda r: f"source:{r.name}")
 
         def task_out() -> Iterator[dict[str, Any]]:

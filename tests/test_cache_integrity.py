@@ -24,10 +24,14 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def flip_a_byte(path: Path) -> None:
+def flip_a_byte(path: Path, *, keep_mtime: bool = False) -> None:
+    """Damage a file as a disk does, or (keep_mtime) as someone covering their tracks would."""
+    st = path.stat()
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
+    if keep_mtime:
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def printed(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
@@ -49,7 +53,7 @@ def test_a_byte_flipped_in_out_or_in_a_cached_build_is_never_shipped(workspace: 
     assert printed(again)[str(out / "blob")] == sha256(out / "blob")
 
     entry = workspace.cache / "builds" / manifest["key"] / "files"
-    flip_a_byte(entry / "tool")
+    flip_a_byte(entry / "tool", keep_mtime=True)   # past the cheap check: the copy's hash sees it
     flip_a_byte(out / "tool")
     rebuilt = workspace.buildbox("run", recipe, "-q")
     assert "is damaged: tool has sha256" in rebuilt.stderr and "building flipped again" in rebuilt.stderr
@@ -125,3 +129,36 @@ def test_nothing_is_deleted_across_a_mount_point(tmp_path: Path) -> None:
     assert (host / "file").read_text() == "keep\n"
     remove_tree(tree)
     assert not tree.exists() and mounts_under(tmp_path) == []
+
+
+def test_fsck_finds_a_byte_flipped_in_a_cached_layer_and_repair_removes_it(workspace: Workspace) -> None:
+    recipe = shell_recipe(workspace, "checked", 'lessecho ok > "$OUT/said"')
+    recipe.write_text('[packages]\ninstall = ["less"]\n' + recipe.read_text())
+    workspace.buildbox("run", recipe, "-q")
+    layer = next(p for p in (workspace.cache / "layers").glob("[!.]*/")
+                 if (p / "root" / "usr" / "bin" / "lessecho").exists())
+    clean = workspace.buildbox("fsck", "--cache", workspace.cache)
+    assert f"layers/{layer.name}" not in clean.stdout
+    flip_a_byte(layer / "root" / "usr" / "bin" / "lessecho")   # deep inside: only the full check sees it
+    found = workspace.buildbox("fsck", "--cache", workspace.cache, check=1)
+    assert f"damaged: layers/{layer.name}: content differs" in found.stdout, found.stdout
+    repaired = workspace.buildbox("fsck", "--repair", "--cache", workspace.cache)
+    assert f"damaged: layers/{layer.name}: content differs" in repaired.stdout and "(removed)" in repaired.stdout
+    assert not layer.exists()
+    assert "damaged" not in workspace.buildbox("fsck", "--cache", workspace.cache).stdout.split("fsck:")[0]
+    (workspace.root / "out" / "checked" / "said").unlink()
+    again = workspace.buildbox("run", recipe, "-q")
+    assert "--> layer:" in again.stderr and layer.exists()
+    assert (workspace.root / "out" / "checked" / "said").read_text() == "ok\n"
+
+
+def test_a_cached_tree_changed_near_its_top_is_a_miss_and_made_again(workspace: Workspace) -> None:
+    recipe = shell_recipe(workspace, "touched", 'ls /build/src > "$OUT/files"')
+    workspace.buildbox("run", recipe, "-q")
+    out = workspace.root / "out" / "touched"
+    source = json.loads((out / "manifest.json").read_text())["inputs"]["entries"]["sources"][0]
+    (workspace.cache / "sources" / source / "build" / "src" / "planted").write_text("x\n")
+    (out / "files").unlink()
+    again = workspace.buildbox("run", recipe, "-q")
+    assert f"the cached sources entry {source[:12]} was changed since it was made" in again.stderr, again.stderr
+    assert "planted" not in (out / "files").read_text()
