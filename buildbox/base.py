@@ -148,7 +148,9 @@ def renumber_user(root: Path, old: BuildUser, new: BuildUser) -> None:
             path = f"/etc/{name}"
             had = tree.lstat(path)
             if had is None or not stat.S_ISREG(had.st_mode):
-                raise ValueError(f"{root}{path} is not a regular file")
+                from buildbox.errors import BuildFailed
+                raise BuildFailed(f"{path} in the box is not a regular file: the build user cannot be renumbered",
+                                  hint="the base's sets must leave /etc/passwd and /etc/group as files")
             lines = []
             for line in (tree.read_text(path) or "").splitlines():
                 parts = line.split(":")

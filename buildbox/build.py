@@ -10,16 +10,19 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from buildbox import __version__, log
 from buildbox.base import BUILDER, EPOCH, OUT, SRC, BuildUser, renumber_user
 from buildbox.box import NAMESPACES, Box, resolve_in_root
-from buildbox.errors import BuildFailed, InputError
+from buildbox.errors import BuildFailed
 from buildbox.out import MANIFEST
 from buildbox.process import run
 from buildbox.recipe import Limits, Recipe
-from buildbox.store import Store, file_sha256, remove_tree
+from buildbox.store import Store, file_sha256, remove_tree, write_atomically
+
+if TYPE_CHECKING:
+    from buildbox.elf import ElfInfo
 
 MAX_DEPTH = 32
 NOBODY = 65534
@@ -70,7 +73,7 @@ def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, in
             raise err from None
         artifacts = collect(box.root, OUT)
         if not artifacts:
-            raise InputError(f"the build of {recipe.name} left $OUT ({OUT}) empty", where=recipe.at("script"),
+            raise BuildFailed(f"the build of {recipe.name} left $OUT ({OUT}) empty", where=recipe.at("script"),
                              hint="copy what the build makes into \"$OUT/\" at the end of the script")
         for rel, source in artifacts.items():
             dest = files / rel
@@ -102,7 +105,7 @@ def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, in
                             **facts.get(rel, {})}
                       for rel in sorted(artifacts)},
     }
-    (entry / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    write_atomically(entry / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
 def failed_box(store: Store, name: str) -> Path:
@@ -120,6 +123,8 @@ LIMIT_SIGNS = [
     ("Out of memory", "memory", "memory"),
     ("out of memory", "memory", "memory"),
     ("Resource temporarily unavailable", "processes", "processes"),
+    ("Cannot fork", "processes", "processes"),
+    ("fork: retry", "processes", "processes"),
     ("Too many open files", "files", "open files"),
 ]
 
@@ -172,9 +177,8 @@ def collect(root: Path, box_dir: str) -> dict[str, Path]:
 
 def check_in_box(box: Box, artifacts: dict[str, Path], user: BuildUser = BUILDER) -> None:
     """ldd inside the box: every library of every dynamic ELF must resolve there."""
-    from buildbox.elf import read_elf
     for rel, real in sorted(artifacts.items()):
-        info = read_elf(real)
+        info = elf_facts(rel, real)
         if info is None or info.static:
             continue
         box_path = "/" + str(real.relative_to(box.root))
@@ -186,14 +190,24 @@ def check_in_box(box: Box, artifacts: dict[str, Path], user: BuildUser = BUILDER
                               hint="add the package that ships it to [packages] install")
 
 
+def elf_facts(rel: str, path: Path) -> ElfInfo | None:
+    """read_elf, with a damaged ELF file a build failure that names the artifact."""
+    from buildbox.elf import MalformedElf, read_elf
+    try:
+        return read_elf(path)
+    except MalformedElf as err:
+        raise BuildFailed(f"{rel} is not a well-formed ELF file ({err})",
+                          hint="the build wrote a damaged binary: look at the build log") from None
+
+
 def verify_on_host(recipe: Recipe, files: Path) -> dict[str, dict[str, Any]]:
     """pyelftools on the host: static or not, the interpreter, and every NEEDED library found."""
-    from buildbox.elf import loader_dirs, read_elf, resolve_needed
+    from buildbox.elf import loader_dirs, resolve_needed
     dirs = loader_dirs()
     facts: dict[str, dict[str, Any]] = {}
     for path in sorted(p for p in files.rglob("*") if p.is_file()):
         rel = str(path.relative_to(files))
-        info = read_elf(path)
+        info = elf_facts(rel, path)
         if info is None:
             continue
         facts[rel] = {"elf": {"static": info.static, "interpreter": info.interpreter,

@@ -12,7 +12,7 @@ import traceback
 from pathlib import Path
 
 from buildbox import __version__, log
-from buildbox.errors import BuildboxError, InputError
+from buildbox.errors import BuildboxError, InputError, os_failure
 
 
 class _Parser(argparse.ArgumentParser):
@@ -89,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "cache", False) is None:
             from buildbox.store import default_cache
             args.cache = default_cache(Path("cache"))
+        for flag in ("cache", "out"):
+            place = getattr(args, flag, None)
+            if place is not None and (place.is_symlink() or place.exists()) and not place.is_dir():
+                raise InputError(f"--{flag} {place} is not a directory", hint=f"remove it or pick another --{flag}")
         command = {"run": cmd_run, "lock": cmd_lock, "list": cmd_list, "gc": cmd_gc, "clean": cmd_clean,
                    "shell": cmd_shell, "verify": cmd_verify, "fsck": cmd_fsck}[args.command]
         return command(args)
@@ -97,6 +101,12 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         log.error(err)
         return err.exit_code
+    except OSError as err:
+        if args.debug:
+            traceback.print_exc()
+        failure = os_failure(err)
+        log.error(failure)
+        return failure.exit_code
     except KeyboardInterrupt:
         log.say("buildbox: interrupted")
         return 130
@@ -267,8 +277,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from buildbox.verify import compare
 
     [recipe] = _load([args.recipe])
-    if args.against and not args.against.is_file():
-        raise InputError(f"--against {args.against}: no such manifest", hint="give the path of a manifest.json")
+    if args.against:
+        from buildbox.out import is_manifest
+        if not args.against.is_file():
+            raise InputError(f"--against {args.against}: no such manifest", hint="give the path of a manifest.json")
+        if not is_manifest(args.against):
+            raise InputError(f"--against {args.against}: not a buildbox manifest",
+                             hint="give the manifest.json of a build's out/NAME/")
     _need_root()
     log.quiet = True
     differences = compare(recipe, Planner(Store(args.cache), [recipe], Path("out"), stream=False), args.against)
@@ -307,11 +322,11 @@ def cmd_shell(args: argparse.Namespace) -> int:
     # Ctrl-C belongs to the shell inside, not to buildbox.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with Box(planner.store, layers, label=f"shell-{recipe.name}", keep=args.keep) as box:
-        box.run(["bash", "--norc", "--noprofile", "-i"], what=f"a shell in {recipe.name}",
-                user=None if args.root else BUILDER.spec, env=env,
-                cwd=SRC if args.failed else env["HOME"], network=recipe.network,
-                limits=recipe.limits.rlimits(), interactive=True)
-    return 0
+        status = box.run(["bash", "--norc", "--noprofile", "-i"], what=f"a shell in {recipe.name}",
+                         user=None if args.root else BUILDER.spec, env=env,
+                         cwd=SRC if args.failed else env["HOME"], network=recipe.network,
+                         limits=recipe.limits.rlimits(), interactive=True)
+    return int(status)   # the shell's own exit status, as `ssh` and `machinectl shell` give it
 
 
 def _failed_layers(store, recipe) -> list[Path]:

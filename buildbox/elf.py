@@ -38,15 +38,24 @@ def is_elf(path: Path) -> bool:
         return False
 
 
+class MalformedElf(Exception):
+    """A file that starts as ELF and then does not parse."""
+
+
 def read_elf(path: Path) -> ElfInfo | None:
-    """The facts of one ELF file; None when it is not ELF. Reads segments only: fast on big binaries."""
+    """The facts of one ELF file; None when it is not ELF; MalformedElf when it is ELF but damaged.
+    Reads segments only: fast on big binaries."""
     if not is_elf(path):
         return None
+    try:
+        return _read_elf(path)
+    except Exception as err:   # pyelftools raises many kinds on a damaged file (its own, struct, index)
+        raise MalformedElf(f"{type(err).__name__}: {err}") from None
+
+
+def _read_elf(path: Path) -> ElfInfo:
     with open(path, "rb") as f:
-        try:
-            elf = ELFFile(f)
-        except ELFError:
-            return None
+        elf = ELFFile(f)
         interpreter = None
         needed: list[str] = []
         rpath: list[str] = []

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+
 
 class BuildboxError(Exception):
     """Something the user must act on: what went wrong, where, and what to do about it."""
@@ -40,3 +43,26 @@ class Interrupted(BuildboxError):
     """Ctrl-C or SIGTERM: the running stage was stopped and its box taken down."""
 
     exit_code = 130
+
+
+def os_failure(err: OSError) -> BuildboxError:
+    """An error of the operating system as users see it, on one line: what, on which file, and
+    for a full disk or a read-only filesystem, which filesystem and what to do."""
+    where = err.filename or "a file"
+    if err.errno == errno.ENOSPC:
+        return BuildFailed(f"no space left on the filesystem at {_mount_point(where)} while writing {where}",
+                           hint="free some space (`buildbox gc --max-size SIZE` trims the cache) and run again")
+    if err.errno == errno.EROFS:
+        return InputError(f"{where} is on a read-only filesystem ({_mount_point(where)})",
+                          hint="point --cache and --out at writable directories")
+    return BuildFailed(f"{where}: {err.strerror or err}")
+
+
+def _mount_point(path: str | os.PathLike[str]) -> str:
+    """The mount point of the filesystem that holds path (or would hold it)."""
+    here = os.path.abspath(path)
+    while not os.path.exists(here):
+        here = os.path.dirname(here)
+    while here != "/" and not os.path.ismount(here):
+        here = os.path.dirname(here)
+    return here

@@ -84,7 +84,7 @@ def clean(store: Store) -> None:
     with store.in_use(exclusive=True):
         reap_dead_boxes(store)
         for name in ("bases", "layers", "sources", "builds", "failed", "debs", "logs", "verify", "installed",
-                     "doit.sqlite3"):
+                     "doit.sqlite3", "records/bases", "records/layers", "records/sources", "records/builds"):
             remove_tree(store.root / name)
         store.remove_stale_tmp()
 

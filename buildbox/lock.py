@@ -9,6 +9,7 @@ and an unlocked one that resolved to the same pins are the same build.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ import tomlkit
 
 from buildbox.errors import InputError
 from buildbox.recipe import SHA256_RE, DebianSource, GitSource, Recipe, TarballSet, _Doc, list_of_tables
-from buildbox.store import Store
+from buildbox.store import Store, write_atomically
 
 LOCK_FORMAT = 1
 HEADER = """\
@@ -94,6 +95,11 @@ def read_lock(recipe: Recipe) -> Lock | None:
             not all(isinstance(v, str) and v for v in data["source"].values()):
         doc.fail(("source",), None, f"[source] must hold exactly one of: "
                  f"{'; '.join(', '.join(keys) for keys in SOURCE_KEYS.values())}", relock)
+    if kind == "git" and not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", data["source"]["commit"]):
+        doc.fail(("source",), "commit", f"commit {data['source']['commit']!r} is not 40 or 64 lowercase hex digits "
+                 "(a SHA-1 or SHA-256 repository's commit)", relock)
+    if kind == "url" and not SHA256_RE.fullmatch(data["source"]["sha256"]):
+        doc.fail(("source",), "sha256", "sha256 must be 64 lowercase hex digits", relock)
     lines["source"] = doc.line_of(("source",))
     packages = {}
     for name, pin in data["packages"].items():
@@ -145,9 +151,7 @@ def write_lock(recipe: Recipe, pins: dict[str, Any]) -> list[str]:
             item = tomlkit.inline_table()
             item.update({key: pin[key] for key in ("version", "arch", "sha256") if key in pin})
             table[name] = item
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(tomlkit.dumps(doc))
-    tmp.replace(path)
+    write_atomically(path, tomlkit.dumps(doc))
     return changes(before, pins)
 
 

@@ -31,11 +31,19 @@ class CorruptEntry(BuildFailed):
 
 def made_by_buildbox(dest: Path) -> bool:
     """Whether dest is an out/NAME that buildbox installed: a directory with buildbox's manifest."""
+    return is_manifest(dest / MANIFEST)
+
+
+def is_manifest(path: Path) -> bool:
+    """Whether path is a manifest buildbox wrote (a regular file: never a FIFO to hang on)."""
     try:
-        manifest = json.loads((dest / MANIFEST).read_text())
+        if not path.is_file():
+            return False
+        manifest = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(manifest, dict) and {"recipe", "key", "artifacts"} <= manifest.keys()
+    return isinstance(manifest, dict) and {"recipe", "key", "artifacts"} <= manifest.keys() and \
+        isinstance(manifest["artifacts"], dict)
 
 
 def install(entry: Path, dest: Path, stamps: Path) -> dict[str, str]:
@@ -63,6 +71,7 @@ def install(entry: Path, dest: Path, stamps: Path) -> dict[str, str]:
         fsync_dir(dest.parent)
     finally:
         remove_tree(tmp)
+    stamps.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(stamps, json.dumps({"dest": str(dest.absolute()), "key": manifest["key"],
                                          "files": {rel: _stamp(dest / rel) for rel in digests}}) + "\n")
     return digests
@@ -113,10 +122,13 @@ def _copy_checked(entry: Path, rel: str, into: Path, sha256: str) -> str:
     source, dest = entry / "files" / rel, into / rel
     digest = hashlib.sha256()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with open(source, "rb") as src, open(dest, "xb") as out:
-        while chunk := src.read(CHUNK):
-            digest.update(chunk)
-            out.write(chunk)
+    try:
+        with open(source, "rb") as src, open(dest, "xb") as out:
+            while chunk := src.read(CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
+    except OSError as err:   # a full disk says nothing of where: name the file being written
+        raise OSError(err.errno, err.strerror, err.filename or str(dest)) from None
     if digest.hexdigest() != sha256:
         raise CorruptEntry(f"the cached build {entry.name[:12]} is damaged: {rel} has sha256 "
                            f"{digest.hexdigest()}, its manifest says {sha256}")

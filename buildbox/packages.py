@@ -153,6 +153,10 @@ MISSING_PATTERNS = [
     r"E: Unable to find a source package for (\S+)",
     r"E: Can't find a source to download for (\S+)",
 ]
+# ... the mirror answered, with an HTTP error (apt prints the URL, then the status on the next line) ...
+HTTP_ERROR_PATTERNS = [r"Failed to fetch (?P<url>\S+)\s+(?P<code>[45]\d\d)\s+(?P<reason>[A-Za-z][A-Za-z ]*?)\s*(\[|$)",
+                       r"^(?:Err|Ign):\d+ (?P<url>\S+ \S+ \S+)\s*\n\s+(?P<code>[45]\d\d)\s+"
+                       r"(?P<reason>[A-Za-z][A-Za-z ]*?)\s*(\[|$)"]
 UNREACHABLE_PATTERNS = [r"Temporary failure resolving '([^']+)'", r"Could not resolve '([^']+)'",
                         r"Failed to fetch (\S+)", r"Could not connect to (\S+)", r"Unable to connect to (\S+)"]
 
@@ -181,6 +185,11 @@ def explain_apt_failure(err: BuildFailed, where: str, lock: Lock | None = None) 
         if found:
             return InputError(f"package '{found.group(1)}' does not exist in the archive", where=where,
                               hint="check its name (apt-cache search NAME) and the suite of the base")
+    for pattern in HTTP_ERROR_PATTERNS:
+        found = re.search(pattern, err.tail, re.MULTILINE)
+        if found:
+            return InputError(f"{found.group('code')} {found.group('reason')}: {found.group('url')}", where=where,
+                              hint="check the mirror URL and the suite")
     for pattern in UNREACHABLE_PATTERNS:
         found = re.search(pattern, err.tail)
         if found:

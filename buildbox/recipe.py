@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Union
@@ -27,6 +28,7 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 PACKAGE_RE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
+SUITE_RE = re.compile(r"[a-z0-9][a-z0-9.+-]{0,63}")
 # Set by buildbox for every build; a recipe may not change what they mean.
 RESERVED_ENV = ("HOME", "USER", "LOGNAME", "OUT")
 
@@ -161,11 +163,22 @@ class _Doc:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            self.text = path.read_text()
+            # Never open a FIFO or a device: reading one blocks, or never ends.
+            if not stat.S_ISREG(path.stat().st_mode):
+                raise InputError("not a regular file", where=str(path), hint="name a .toml file")
+            raw = path.read_bytes()
         except FileNotFoundError:
             raise InputError("no such file", where=str(path)) from None
-        except (OSError, UnicodeDecodeError) as err:
-            raise InputError(f"cannot read it: {err}", where=str(path)) from None
+        except OSError as err:
+            raise InputError(f"cannot read it: {err.strerror}", where=str(path)) from None
+        if raw.startswith(b"\xef\xbb\xbf"):
+            raise InputError("the file starts with a UTF-8 byte order mark, which TOML does not allow",
+                             where=f"{path}:1", hint="save it as UTF-8 without a BOM")
+        try:
+            self.text = raw.decode()
+        except UnicodeDecodeError as err:
+            line = raw[:err.start].count(b"\n") + 1
+            raise InputError("not UTF-8 text", where=f"{path}:{line}", hint="save it as UTF-8") from None
         try:
             self.data = tomlkit.parse(self.text).unwrap()
         except tomlkit.exceptions.ParseError as err:
@@ -286,6 +299,14 @@ def load_base(name: str, recipes_dir: Path, *, where: str) -> Base:
             if "mirror" not in entry:
                 doc.fail(table, "suite", "a bootstrap set needs a mirror",
                          'add mirror = "http://deb.debian.org/debian"', index)
+            if not SUITE_RE.fullmatch(entry["suite"]):
+                doc.fail(table, "suite", f"suite {entry['suite']!r} is not a Debian suite name",
+                         'write a suite such as "bookworm" or "stable"', index)
+            mirror = urlparse(entry["mirror"])
+            if mirror.scheme not in ("http", "https", "file") or not (mirror.netloc or mirror.scheme == "file") \
+                    or any(c.isspace() or c in "[]" for c in entry["mirror"]):
+                doc.fail(table, "mirror", f"mirror {entry['mirror']!r} is not an http(s) or file URL",
+                         'write mirror = "http://deb.debian.org/debian"', index)
             variant = entry.get("variant", "minbase")
             if variant not in ("extract", "custom", "essential", "apt", "required", "minbase",
                                "buildd", "important", "debootstrap", "standard"):
@@ -337,16 +358,25 @@ def load_recipe(path: Path, *, locked: bool = True) -> Recipe:
     env = build.get("env", {})
     for key, value in env.items():
         if not ENV_NAME_RE.fullmatch(key):
-            doc.fail(("build",), "env", f"'{key}' is not an environment variable name",
+            doc.fail(("build",), "env", f"{key!r} is not an environment variable name",
                      "use letters, digits and _")
         if key in RESERVED_ENV:
             doc.fail(("build",), "env", f"{key} is set by buildbox and cannot be changed",
                      f"remove {key} from [build] env")
         if not isinstance(value, str):
             doc.fail(("build",), "env", f"env value of {key} must be a string", f'write {key} = "..."')
+        if "\0" in value:
+            doc.fail(("build",), "env", f"env value of {key} holds a NUL byte, which no program can be given",
+                     "remove the \\u0000")
+    if "\0" in script:
+        doc.fail(("build",), "script", "the build script holds a NUL byte, which no shell can be given",
+                 "remove the \\u0000")
 
     verify = data.get("verify", {})
     doc.check_keys(verify, ("verify",), {"static": bool, "run": list})
+    if any("\0" in command for command in verify.get("run", [])):
+        doc.fail(("verify",), "run", "a verify command holds a NUL byte, which no shell can be given",
+                 "remove the \\u0000")
     limits, unpack = _parse_limits(doc, data.get("limits", {}), {**LIMIT_KEYS, **UNPACK_KEYS})
     recipe = Recipe(path=path, name=name, base=base, install=install, build_deps=build_deps,
                     source=source, env=tuple(sorted(env.items())), script=script,
@@ -356,6 +386,16 @@ def load_recipe(path: Path, *, locked: bool = True) -> Recipe:
                            ("script", doc.line_of(("build",), "script"))))
     from buildbox.lock import read_lock   # lock.py reads its file with this module's helpers
     return dataclasses.replace(recipe, lock=read_lock(recipe)) if locked else recipe
+
+
+def _kernel_most(key: str) -> int:
+    """The largest value setrlimit takes for a limit (open files: the host's fs.nr_open)."""
+    if key == "files":
+        try:
+            return int(Path("/proc/sys/fs/nr_open").read_text())
+        except (OSError, ValueError):
+            return 1 << 20
+    return (1 << 63) - 2   # RLIM_INFINITY and the CPU limit's hard value one above must still fit
 
 
 def _parse_limits(doc: _Doc, table: dict[str, Any], allowed: dict[str, str]) -> tuple[Limits, UnpackLimits]:
@@ -368,6 +408,10 @@ def _parse_limits(doc: _Doc, table: dict[str, Any], allowed: dict[str, str]) -> 
         if amount is None:
             example = {"size": '"4G" or "512M"', "time": '"2h", "20m" or "90s"', "count": "a number such as 1024"}
             doc.fail(("limits",), key, f"{key} = {value!r} is not a {kind}", f"write {key} = {example[kind]}")
+        most = _kernel_most(key)
+        if amount > most:
+            doc.fail(("limits",), key, f"{key} = {value!r} is more than the kernel allows ({most})",
+                     f"write {key} = {most} or less")
         values[key.replace("-", "_")] = amount
     return (Limits(**{k: v for k, v in values.items() if k not in UNPACK_KEYS}),
             UnpackLimits(**{k: v for k, v in values.items() if k in UNPACK_KEYS}))
@@ -390,6 +434,9 @@ def _parse_source(doc: _Doc, source: dict[str, Any] | None) -> Source:
             doc.fail(table, key, f"'{key}' goes with a {owner} source, not a {kind} source", f"remove {key}")
     if kind == "git":
         url = source["git"]
+        if not url.strip() or url.startswith("-"):
+            doc.fail(table, "git", f"git = {url!r} names no repository",
+                     "write an https:// URL or an absolute path to a local repository")
         if not (re.match(r"(https?|git|ssh|file)://", url) or url.startswith("/") or re.match(r"[\w.-]+@[\w.-]+:", url)):
             local = (doc.path.parent / url).resolve()
             if not local.exists():

@@ -75,8 +75,7 @@ def _download(url: str, part: Path) -> None:
                 if response.status_code == 416:        # asked past the end: we have it all
                     return
                 if 400 <= response.status_code < 500:
-                    raise InputError(f"could not download {url}: HTTP {response.status_code} {response.reason}",
-                                     hint="check the URL")
+                    raise InputError(f"{response.status_code} {response.reason}: {url}", hint="check the URL")
                 if response.status_code >= 400:   # urllib3 has retried these already, with backoff
                     raise BuildFailed(f"could not download {url}: HTTP {response.status_code} {response.reason}"
                                       f" after {retry.total} retries",

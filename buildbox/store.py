@@ -103,6 +103,8 @@ class Store:
             os.utime(entry)
         except FileNotFoundError:
             return False
+        except OSError:   # a read-only cache: `list` still answers
+            return entry.is_dir()
         return True
 
     def claim(self, *, create: bool) -> None:
@@ -136,12 +138,13 @@ class Store:
 
     # -- what an entry holds, recorded when it is made --------------------------------------
     def record_path(self, kind: str, key: str) -> Path:
-        return self.root / kind / f"{key}.record.json"
+        return self.root / "records" / kind / f"{key}.json"
 
     def _record(self, kind: str, key: str, tmp: Path) -> None:
         """Record the digest of the entry's whole content (checked by fsck) and a signature that is
         cheap to check on every use: the stat of its top two levels."""
         record = {"sha256": tree_sha256(tmp), "signature": signature(tmp)}
+        self.record_path(kind, key).parent.mkdir(parents=True, exist_ok=True)
         write_atomically(self.record_path(kind, key), json.dumps(record) + "\n")
 
     def intact(self, kind: str, key: str) -> bool:
@@ -219,6 +222,7 @@ class Store:
                 make(tmp)
                 self._record(kind, key, tmp)
                 os.rename(tmp, final)
+                fsync_dir(final.parent)
             except BaseException:
                 remove_tree(tmp)
                 raise
@@ -241,6 +245,7 @@ class Store:
                     else:
                         self._record(kind, key, tmp)
                         os.rename(tmp, self.entry(kind, key))
+                        fsync_dir(tmp.parent)
         finally:
             remove_tree(tmp)
             (self.root / "locks" / f"{kind}-{scratch}.lock").unlink(missing_ok=True)
@@ -283,8 +288,8 @@ CACHEDIR_TAG_TEXT = ("Signature: 8a477f597d28d172789f06886806bc55\n"
 # (or a running build's sources) and so run code in every later build.
 PRIVATE = ("bootstraps", "bases", "layers", "sources", "builds", "boxes", "failed", "verify")
 # All that buildbox puts at a cache's top level (.keep: the checkout's empty ./cache).
-BUILDBOX_TOP_LEVEL = {*KINDS, *PRIVATE, "debs", "logs", "locks", "installed", "doit.sqlite3", MARKER, CACHEDIR_TAG,
-                      ".keep"}
+BUILDBOX_TOP_LEVEL = {*KINDS, *PRIVATE, "debs", "logs", "locks", "installed", "records", "doit.sqlite3", MARKER,
+                      CACHEDIR_TAG, ".keep"}
 
 
 def tree_size(path: Path) -> int:
@@ -308,7 +313,7 @@ def read_meta(entry: Path) -> dict[str, Any]:
 
 
 def write_meta(entry: Path, meta: dict[str, Any]) -> None:
-    (entry / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    write_atomically(entry / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
 def write_atomically(path: Path, text: str) -> None:

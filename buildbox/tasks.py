@@ -21,7 +21,7 @@ from doit.reporter import ConsoleReporter
 from buildbox import log
 from buildbox.base import BUILDER, EPOCH, make_base
 from buildbox.box import SANDBOX_VERSION
-from buildbox.errors import BuildboxError, BuildFailed, InputError, Interrupted
+from buildbox.errors import BuildboxError, BuildFailed, InputError, Interrupted, os_failure
 from buildbox.recipe import Base, BootstrapSet, DebianSource, GitSource, Recipe, Set, TarballSet, UrlSource
 from buildbox.store import Store, content_key, read_meta, remove_tree, tree_sha256, write_meta
 
@@ -356,18 +356,19 @@ class Planner:
     def stamps(self, recipe: Recipe) -> Path:
         """Where the stat signatures of what was installed at out/NAME are kept (by its path)."""
         where = hashlib.sha256(str(self.out_dir(recipe).absolute()).encode()).hexdigest()
-        return self.store.dir("installed") / f"{where}.json"
+        return self.store.root / "installed" / f"{where}.json"
 
     # -- doit -------------------------------------------------------------------------------
     def _action(self, name: str, work: Callable[[], None]) -> Callable[[], Any]:
         def action() -> Any:
             try:
                 work()
-            except BuildboxError as err:
-                self.failures.append((name, err))
+            except (BuildboxError, OSError) as err:
+                failure = os_failure(err) if isinstance(err, OSError) else err
+                self.failures.append((name, failure))
                 if self.report_failures:
-                    log.error(err)
-                return TaskFailed(str(err), report=False)
+                    log.error(failure)
+                return TaskFailed(str(failure), report=False)
             return True
         return action
 
@@ -452,8 +453,8 @@ class Planner:
                                 "default_tasks": [f"out:{r.name}" for r in self.recipes]}}
 
     def reap(self) -> None:
-        """Remove the boxes and half-made entries of runs that died."""
-        self.store.root.mkdir(parents=True, exist_ok=True)
+        """Remove the boxes and half-made entries of runs that died (in a buildbox cache only)."""
+        self.store.claim(create=True)
         from buildbox.box import reap_dead_boxes
         for path in [*reap_dead_boxes(self.store), *self.store.remove_stale_tmp()]:
             log.say(f"buildbox: removed {path}, left by a run that died")

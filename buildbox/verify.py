@@ -101,7 +101,8 @@ def host_conditions(variation: dict) -> Iterator[None]:
     try:
         if home_uts is not None:
             if libc.unshare(CLONE_NEWUTS) != 0:
-                raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWUTS)")
+                raise BuildFailed("cannot give the second build a host name of its own: unshare(CLONE_NEWUTS): "
+                                  f"{os.strerror(ctypes.get_errno())}", hint="run verify as root on the host")
             socket.sethostname(variation["hostname"])
         yield
     finally:

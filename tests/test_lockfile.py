@@ -27,6 +27,13 @@ def locked(tmp_path: Path) -> Path:
     return recipe
 
 
+def test_a_sha256_repositorys_commit_is_a_good_pin(tmp_path: Path) -> None:
+    recipe = locked(tmp_path)
+    path = lock_path(recipe)
+    path.write_text(path.read_text().replace(COMMIT, "d" * 64))
+    assert load_recipe(recipe).lock.pins["source"]["commit"] == "d" * 64
+
+
 def test_a_written_lock_reads_back_as_the_same_pins(tmp_path: Path) -> None:
     recipe = load_recipe(locked(tmp_path))
     assert recipe.lock is not None and recipe.lock.path == tmp_path / "hello.lock"
@@ -63,6 +70,8 @@ def test_a_rewrite_keeps_comments_and_reports_what_changed(tmp_path: Path) -> No
     (lambda t: t.replace('version = "5.2.15-2+b13", ', ""), "bash = ", "package 'bash' must be"),
     (lambda t: t.replace("commit = ", "comit = "), "[source]", "[source] must hold"),
     (lambda t: t.replace("[packages]", "[packages\n"), "[packages", "not valid TOML"),
+    (lambda t: t.replace(COMMIT, "c" * 39), "commit = ", "not 40 or 64 lowercase hex digits"),
+    (lambda t: t.replace(COMMIT, "C" * 40), "commit = ", "not 40 or 64 lowercase hex digits"),
 ])
 def test_a_broken_lock_is_one_line_naming_its_line_and_how_to_rewrite_it(tmp_path: Path, edit, line_of: str,
                                                                          words: str) -> None:

@@ -262,7 +262,20 @@ BAD_INPUT = [
      "package 'no-such-package-bb' does not exist"),
     ("git ref that does not exist", "[source]\ngit = 'REPO'\nref = 'no-such-ref'\n[build]\nscript = 'x'\n",
      "git ref 'no-such-ref' does not exist"),
-    ("artifact dir left empty", f"{GOOD_SOURCE}\n[build]\nscript = 'true'\n", "left $OUT (/build/out) empty"),
+    ("UTF-8 byte order mark", "\ufeff" + GOOD_SOURCE + "\n[build]\nscript = 'x'\n", "starts with a UTF-8 byte order mark"),
+    ("empty git", "[source]\ngit = ''\n[build]\nscript = 'x'\n", "git = '' names no repository"),
+    ("NUL in the script", f"{GOOD_SOURCE}\n[build]\nscript = \"a\\u0000b\"\n", "the build script holds a NUL byte"),
+    ("NUL in env", f"{GOOD_SOURCE}\n[build]\nscript = 'x'\nenv = {{ A = \"a\\u0000\" }}\n", "env value of A holds a NUL"),
+    ("NUL in a verify command", f"{GOOD_SOURCE}\n[build]\nscript = 'x'\n[verify]\nrun = [\"a\\u0000\"]\n",
+     "a verify command holds a NUL byte"),
+    ("env name with a newline", f"{GOOD_SOURCE}\n[build]\nscript = 'x'\nenv = {{ \"A\\nB\" = 'x' }}\n",
+     "'A\\nB' is not an environment variable name"),
+    ("limit beyond the kernel", f"{GOOD_SOURCE}\n[build]\nscript = 'x'\n[limits]\nfiles = 99999999999\n",
+     "is more than the kernel allows"),
+    ("base suite like an option", "base = 'optsuite'\n" + GOOD_SOURCE + "\n[build]\nscript = 'x'\n",
+     "is not a Debian suite name"),
+    ("base mirror with options", "base = 'optmirror'\n" + GOOD_SOURCE + "\n[build]\nscript = 'x'\n",
+     "is not an http(s) or file URL"),
     ("tarball set with a .. member", "base = 'dotdot'\n" + GOOD_SOURCE + "\n[build]\nscript = 'x'\n", "absolute or '..' path"),
     ("tarball set with a device node", "base = 'device'\n" + GOOD_SOURCE + "\n[build]\nscript = 'x'\n", "device node"),
     ("tarball set with a link out", "base = 'linkout'\n" + GOOD_SOURCE + "\n[build]\nscript = 'x'\n", "points out of the root"),
@@ -287,6 +300,8 @@ def _bad_sets(ws: Workspace, tmp_path: Path) -> None:
     ws.base("neither", "[[set]]\nvariant = 'minbase'\n")
     ws.base("variant", "[[set]]\nsuite = 'bookworm'\nmirror = 'http://x'\nvariant = 'tiny'\n")
     ws.base("nomirror", "[[set]]\nsuite = 'bookworm'\nmirror = 'http://127.0.0.1:9/debian'\n")
+    ws.base("optsuite", "[[set]]\nsuite = '--include=evil'\nmirror = 'http://deb.debian.org/debian'\n")
+    ws.base("optmirror", "[[set]]\nsuite = 'bookworm'\nmirror = '[trusted=yes] http://deb.debian.org/debian'\n")
 
 
 @pytest.mark.parametrize("text,words", [case[1:] for case in BAD_INPUT], ids=[case[0] for case in BAD_INPUT])
@@ -339,7 +354,7 @@ def test_gc_removes_superseded_builds_and_clean_keeps_only_the_sets(workspace: W
         return result
 
     buildbox("clean")
-    assert {p.name for p in own.cache.iterdir()} <= {"bootstraps", "downloads", "locks", "boxes",
+    assert {p.name for p in own.cache.iterdir()} <= {"bootstraps", "downloads", "locks", "boxes", "records",
                                                           "CACHEDIR.TAG", "buildbox-cache.json"}
     assert list((own.cache / "downloads").iterdir()) and list((own.cache / "bootstraps").iterdir())
 
