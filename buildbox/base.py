@@ -68,7 +68,7 @@ def make_base(root: Path, sets: list[tuple[str, Path]], limits: UnpackLimits, us
             # Replacing what is there, never opening it: a link the sets before made is not written
             # through (cp refuses to put a directory over one).
             run(["cp", "-a", "--remove-destination", "--", f"{path}/.", str(root)],
-                what=f"copying {label} into the base")
+                what=f"copying {label} into the base", contained=True)
         else:
             extract(path, root, what=label, limits=limits, root_filesystem=True)
     with Root(root) as tree:

@@ -246,6 +246,6 @@ def run_verify_commands(recipe: Recipe, files: Path, logfile: Path) -> None:
         for command in recipe.verify_run:
             log.note(f"verify: {command}")
             run([*as_nobody, "sh", "-ec", command], what=f"the verify command `{command}`", env=env, cwd=copy,
-                log=logfile, stream=not log.quiet)
+                log=logfile, stream=not log.quiet, contained=True)
     finally:
         remove_tree(place)

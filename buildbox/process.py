@@ -26,15 +26,26 @@ _live_lock = threading.Lock()
 _interrupted = threading.Event()
 
 
+# A helper that mounts (mmdebstrap) or may leave processes behind runs in a mount and PID
+# namespace of its own, killed with buildbox even by SIGKILL: PDEATHSIG kills unshare when
+# buildbox dies, --kill-child then kills the namespace's first process and with it every other,
+# and the mount namespace takes every mount made in it along. (PDEATHSIG follows the thread that
+# started the child: the thread that calls run() waits for it, so it lives as long as it does.)
+CONTAINED = ["setpriv", "--pdeathsig", "KILL", "unshare", "--mount", "--pid", "--fork", "--kill-child",
+             "--propagation", "private", "--"]
+
+
 def run(argv: Sequence[str], *, what: str, env: Mapping[str, str] | None = None,
         cwd: Path | None = None, log: Path | None = None, stream: bool = False,
         capture: bool = False, cleanup: bool = False, timeout: float | None = None,
-        silence: float | None = None, interactive: bool = False) -> str:
+        silence: float | None = None, interactive: bool = False, contained: bool = False) -> str:
     """Run argv to the end; return its stdout when capture is set; raise BuildFailed with the output's tail.
+    With contained, in namespaces of its own that die with buildbox (CONTAINED).
 
     Once interrupted, only cleanup commands (unmounting) still start.
     """
-    argv = [str(a) for a in argv]
+    shown = [str(a) for a in argv]   # what the user can copy and rerun
+    argv = [*(CONTAINED if contained else []), *shown]
     if _interrupted.is_set() and not cleanup:
         raise Interrupted(f"interrupted before {what}")
     if interactive:
@@ -69,7 +80,7 @@ def run(argv: Sequence[str], *, what: str, env: Mapping[str, str] | None = None,
         raise Interrupted(f"interrupted during {what}")
     if proc.returncode != 0:
         lines = tail.rstrip("\n").splitlines()[-TAIL_LINES:]
-        command = shlex.join(argv)
+        command = shlex.join(shown)
         # A command that carries a recipe's script is too long to show on the error's one line.
         hints = [f"command: {command}"] if "\n" not in command and len(command) < 400 else []
         hints += [f"full log: {log}"] if log else []

@@ -118,7 +118,7 @@ def make_bootstrap(spec: BootstrapSet, dest: Path, logfile: Path) -> None:
     deb = f"deb {spec.mirror} {spec.suite} main"
     argv += [spec.suite, str(dest), deb]
     run(argv, what=f"mmdebstrap of {spec.suite} from {spec.mirror}", env=dict(os.environ, SOURCE_DATE_EPOCH=str(EPOCH)),
-        log=logfile)
+        log=logfile, contained=True)
     # deb-src too: recipes install the Build-Depends of, and fetch, Debian source packages. Written
     # here, as mmdebstrap would have written it, rather than given to it: it would download the
     # Sources index only to throw it away (every box that installs runs apt-get update first).

@@ -115,7 +115,7 @@ def test_a_mirror_that_answers_404_says_so_with_the_url(workspace: Workspace, tm
         workspace.base("gone", f'[[set]]\nsuite = "bookworm"\nmirror = "{url}"\n')
         recipe = shell_recipe(workspace, "onmissing", 'echo > "$OUT/x"')
         recipe.write_text('base = "gone"\n' + recipe.read_text())
-        last = one_line(workspace.buildbox("run", recipe, "-q", check=2), f"gone.toml:3: 404 ")
+        last = one_line(workspace.buildbox("run", recipe, "-q", check=2), "gone.toml:3: 404 ")
         assert f": {url} bookworm Release" in last   # the status as the server said it, then the URL
     finally:
         server.shutdown()

@@ -361,3 +361,25 @@ def test_gc_removes_superseded_builds_and_clean_keeps_only_the_sets(workspace: W
     assert "removed downloads/" in buildbox("gc", "--max-size", "1K").stdout
     assert not list((own.cache / "downloads").iterdir()) and not list((own.cache / "bootstraps").iterdir())
     verify_cache(own.cache)
+
+
+def test_kill_9_during_a_bootstrap_takes_mmdebstrap_and_its_mounts_along(workspace: Workspace) -> None:
+    # A bootstrap of its own (another package set), so that this run has one to make.
+    workspace.base("killboot", '[[set]]\nsuite = "bookworm"\nmirror = "http://deb.debian.org/debian"\n'
+                               'packages = ["hello"]\n')
+    recipe = shell_recipe(workspace, "onkilled", 'hello > "$OUT/said"')
+    recipe.write_text('base = "killboot"\n' + recipe.read_text())
+    for meta in workspace.cache.glob("bootstraps/[!.]*/meta.json"):   # a cache kept from an earlier session
+        if "hello" in meta.read_text():
+            shutil.rmtree(meta.parent)
+    proc = start(workspace, recipe)
+    kill_when(proc, "Bootstrapping Debian", delay=8.0)
+    deadline = time.monotonic() + 20
+    while subprocess.run(["pgrep", "-x", "mmdebstrap"], capture_output=True).returncode == 0:
+        assert time.monotonic() < deadline, "mmdebstrap outlived buildbox"
+        time.sleep(0.5)
+    assert mounts_under(workspace.cache) == []
+    result = workspace.buildbox("run", recipe, "-q")
+    assert "left by a run that died" in result.stderr
+    assert (workspace.root / "out" / "onkilled" / "said").read_text() == "Hello, world!\n"
+    verify_cache(workspace.cache)
