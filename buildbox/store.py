@@ -264,6 +264,11 @@ class Store:
             except Timeout:
                 continue
             try:
+                left = mounts_under(tmp.absolute())
+                if left:   # a helper of a buildbox older than this one: say so, never delete through it
+                    from buildbox import log
+                    log.warn(f"not removing {tmp}: {left[-1]} is still mounted inside it (umount -R {left[-1]})")
+                    continue
                 remove_tree(tmp)
                 removed.append(tmp)
             finally:
