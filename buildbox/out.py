@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from buildbox.errors import BuildFailed, InputError
+from buildbox.process import stop_if_interrupted
 from buildbox.store import fsync_dir, remove_tree, write_atomically
 
 MANIFEST = "manifest.json"
@@ -61,9 +62,11 @@ def install(entry: Path, dest: Path, stamps: Path) -> dict[str, str]:
     try:
         digests = {}
         for rel, fact in sorted(manifest["artifacts"].items()):
+            stop_if_interrupted(f"the copy to {_shown(dest)}")   # Ctrl-C: the old out/NAME stays
             digests[rel] = _copy_checked(entry, rel, tmp, fact["sha256"])
         shutil.copy2(entry / MANIFEST, tmp / MANIFEST)
         _fsync_tree(tmp)
+        stop_if_interrupted(f"the copy to {_shown(dest)}")
         if os.path.lexists(dest):
             _exchange(tmp, dest)   # tmp now holds the old tree
         else:

@@ -223,6 +223,12 @@ def _stop(proc: subprocess.Popen) -> None:
             continue
 
 
+def stop_if_interrupted(what: str) -> None:
+    """For work done in buildbox itself (no command to stop): give up at the next safe point."""
+    if _interrupted.is_set():
+        raise Interrupted(f"interrupted during {what}")
+
+
 def interrupt() -> None:
     """Stop every command still running and start no new one but cleanups (Ctrl-C, SIGTERM)."""
     _interrupted.set()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -162,3 +163,23 @@ def test_a_cached_tree_changed_near_its_top_is_a_miss_and_made_again(workspace: 
     again = workspace.buildbox("run", recipe, "-q")
     assert f"the cached sources entry {source[:12]} was changed since it was made" in again.stderr, again.stderr
     assert "planted" not in (out / "files").read_text()
+
+
+def test_ctrl_c_while_out_is_installed_exits_130_and_leaves_the_old_out_whole(workspace: Workspace) -> None:
+    script = 'echo {v} > "$OUT/version"\nhead -c 400000000 /dev/zero > "$OUT/big"'
+    recipe = shell_recipe(workspace, "interrupted", script.format(v=1))
+    workspace.buildbox("run", recipe, "-q")
+    recipe.write_text(recipe.read_text().replace("echo 1", "echo 2"))
+    proc = subprocess.Popen([sys.executable, "-m", "buildbox", "run", str(recipe), "-q", "--cache", str(workspace.cache)],
+                            cwd=workspace.root, stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    for line in proc.stderr:
+        if line.startswith("--> out:"):
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 130, rest
+    out = workspace.root / "out"
+    assert (out / "interrupted" / "version").read_text() == "1\n"
+    assert (out / "interrupted" / "big").stat().st_size == 400000000
+    assert sorted(p.name for p in out.iterdir()) == ["interrupted"]
+    assert mounts_under(workspace.cache) == []
