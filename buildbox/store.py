@@ -117,6 +117,9 @@ class Store:
         whatever a cache holds, and must never be pointed at someone's project.
         """
         from buildbox.errors import InputError
+        if any(c in str(self.root) for c in ":,\n"):   # overlayfs takes its layers as a ':' and ','-separated list
+            raise InputError(f"the cache path {self.root} holds ':', ',' or a newline",
+                             hint="use a cache path without them")
         if (self.root / MARKER).is_file():
             return
         hint = "point --cache (or $BUILDBOX_CACHE) at a buildbox cache, or at a new directory"

@@ -46,6 +46,9 @@ def test_a_cache_or_out_that_is_a_file_and_a_manifest_that_is_not_one_are_usage_
     one_line(workspace.buildbox("run", recipe, "--cache", a_file, check=2), f"--cache {a_file} is not a directory")
     one_line(workspace.buildbox("run", recipe, "--out", a_file, check=2), f"--out {a_file} is not a directory")
     one_line(workspace.buildbox("verify", recipe, "--against", a_file, check=2), "not a buildbox manifest")
+    colon = workspace.root / "a:cache"
+    one_line(workspace.buildbox("run", recipe, "--cache", colon, check=2), "holds ':', ','")
+    assert not colon.exists()
     assert a_file.read_text() == "not a directory\n"
 
 
