@@ -95,7 +95,7 @@ def fsck(store: Store, *, repair: bool) -> tuple[int, list[tuple[Entry, str, boo
     Returns how many entries were checked, and (entry, what is wrong, whether it is damaged) for
     each that is not as recorded."""
     found = []
-    with store.in_use(exclusive=repair):
+    with store.in_use(exclusive=repair, create=False):
         checked = entries(store)
         for entry in checked:
             problem = store.check(entry.kind, entry.path.name)

@@ -180,10 +180,10 @@ class Store:
         return None if now == recorded else f"content differs: recorded sha256 {recorded}, now {now}"
 
     @contextlib.contextmanager
-    def in_use(self, *, exclusive: bool = False) -> Iterator[None]:
+    def in_use(self, *, exclusive: bool = False, create: bool = True) -> Iterator[None]:
         """Held shared by every run, exclusive by gc and clean: they never remove what a run uses.
-        A run makes the cache if need be; gc and clean work only on one that is marked."""
-        self.claim(create=not exclusive)
+        A run makes the cache if need be (create); the cleaners work only on one that is marked."""
+        self.claim(create=create and not exclusive)
         path = self.root / "locks" / "in-use.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
         for kind in PRIVATE:
