@@ -118,6 +118,7 @@ class Box:
     def write(self, box_path: str, text: str) -> None:
         """A new file in the box (resolved inside it; a link there is replaced, not written through)."""
         with Root(self.root) as tree:
+            tree.makedirs(os.path.dirname(box_path), mode=0o755)
             tree.write(box_path, text)
 
     def bind(self, host: Path, box_path: str, *, readonly: bool = True) -> None:
@@ -158,12 +159,21 @@ class Box:
         plan = {"root": str(self.root), "cwd": cwd, "argv": list(argv), "env": dict(env or {"PATH": ROOT_PATH}),
                 "user": [int(n) for n in user.split(":")] if user else None, "network": network,
                 "hostname": HOSTNAME, "devices": list(DEVICES), "limits": dict(limits or {})}
+        # The plan (the environment, secrets included, and the command) goes through a file only
+        # root can read, which enter.py removes once read: a command line is every host user's to see.
+        plan_file = self.dir / f"plan-{uuid.uuid4().hex[:12]}.json"
+        fd = os.open(plan_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(plan, f)
         command = ["setpriv", "--pdeathsig", "KILL",   # the box dies with buildbox, even by SIGKILL
                    "unshare", *(f"--{ns}" for ns in NAMESPACES), *([] if network else ["--net"]),
                    "--fork", "--kill-child", "--propagation", "private",
-                   "--", sys.executable, "-I", str(ENTER), json.dumps(plan)]
-        return run(command, what=what, log=log, stream=stream, capture=capture, timeout=timeout,
-                   silence=silence, interactive=interactive)
+                   "--", sys.executable, "-I", str(ENTER), str(plan_file)]
+        try:
+            return run(command, what=what, log=log, stream=stream, capture=capture, timeout=timeout,
+                       silence=silence, interactive=interactive)
+        finally:
+            plan_file.unlink(missing_ok=True)
 
     def describe(self) -> str:
         return f"{self.dir} (chroot {self.root}; upper layer {self.upper})"

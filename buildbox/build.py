@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from buildbox import __version__, log
 from buildbox.base import BUILDER, EPOCH, OUT, SRC, BuildUser, renumber_user
 from buildbox.box import NAMESPACES, Box, resolve_in_root
-from buildbox.errors import BuildFailed
+from buildbox.errors import BuildFailed, InputError
 from buildbox.out import MANIFEST
 from buildbox.process import run
 from buildbox.recipe import Limits, Recipe
@@ -25,15 +25,28 @@ if TYPE_CHECKING:
     from buildbox.elf import ElfInfo
 
 MAX_DEPTH = 32
+SCRIPT = "/buildbox/build.sh"
 NOBODY = 65534
 
 
 def build_env(recipe: Recipe, user: BuildUser = BUILDER) -> dict[str, str]:
-    """The whole environment of a build: fixed, clean, the same on every host."""
+    """The whole environment of a build: fixed, clean, the same on every host, and the recipe's
+    secret-env taken from buildbox's own environment."""
     env = user.login_env()
     env.update({"SOURCE_DATE_EPOCH": str(EPOCH), "OUT": OUT})
     env.update(dict(recipe.env))
+    env.update(secrets(recipe))
     return env
+
+
+def secrets(recipe: Recipe) -> dict[str, str]:
+    """The values of the recipe's secret-env, from the invoking environment; one unset is bad input."""
+    missing = [name for name in recipe.secret_env if name not in os.environ]
+    if missing:
+        raise InputError(f"secret-env names {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+                         "not set in buildbox's environment", where=recipe.at("script"),
+                         hint=f"export {missing[0]}=... before running buildbox")
+    return {name: os.environ[name] for name in recipe.secret_env}
 
 
 def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, inputs: dict[str, Any],
@@ -60,9 +73,11 @@ def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, in
         env = build_env(recipe, user)
         if vary:
             env = vary(box, env)
-        # The script handed over as an argument: no quoting of user code.
+        # The script handed over as a file in the box, read-only to the build: no quoting of user
+        # code, and nothing of it on a command line, where every host user could read it.
+        box.write(SCRIPT, recipe.script)
         try:
-            box.run(["sh", "-e", "-c", recipe.script, recipe.name], what=f"the build of {recipe.name}",
+            box.run(["sh", "-e", "-c", f". {SCRIPT}", recipe.name], what=f"the build of {recipe.name}",
                     user=user.spec, env=env, cwd=SRC, log=logfile, stream=stream,
                     network=recipe.network, limits=limits.rlimits(), timeout=limits.timeout,
                     silence=limits.silence)

@@ -131,6 +131,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise InputError(f"-j {args.jobs}: the number of jobs must be at least 1")
     recipes = _load(args.recipes, locked=not args.refresh)
+    from buildbox.build import secrets
+    for recipe in recipes:
+        secrets(recipe)   # an unset secret is bad input, said before anything runs
     _need_root()
     log.quiet = args.quiet
     _stop_on_signals()

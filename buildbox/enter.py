@@ -3,9 +3,10 @@
 and runs the command as its child: with limits, and for the build user without any way back to
 root. When the command ends, this process exits, and the kernel kills everything left in the box.
 
-Run by path with the host's python3 (stdlib only: it imports nothing of buildbox), one JSON
-argument. Order of the privilege drop as in OpenBSD's chroot(8): chroot, chdir, setgroups,
-setgid, setuid; then no_new_privs, so setuid binaries in the box grant nothing.
+Run by path with the host's python3 (it imports nothing of buildbox; libseccomp through
+pyseccomp), with the path of its plan: a JSON file only root can read, removed once read. Order
+of the privilege drop as in OpenBSD's chroot(8): chroot, chdir, setgroups, setgid, setuid; then
+no_new_privs, so setuid binaries in the box grant nothing.
 """
 
 import ctypes
@@ -146,7 +147,9 @@ def child(plan, seccomp):
 
 
 def main():
-    plan = json.loads(sys.argv[1])
+    with open(sys.argv[1]) as f:   # a file only root can read, not the command line: it holds the env
+        plan = json.load(f)
+    os.unlink(sys.argv[1])
     root = plan["root"]
     seccomp = load_seccomp() if plan["user"] else None
     mount("proc", os.path.join(root, "proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)

@@ -143,6 +143,7 @@ class Recipe:
     static: bool
     verify_run: tuple[str, ...]
     network: bool = False
+    secret_env: tuple[str, ...] = ()   # taken from the invoking environment; only the names are keyed
     limits: Limits = Limits()
     unpack: UnpackLimits = UnpackLimits()   # not part of any key: a tarball unpacks whole or not at all
     lines: tuple[tuple[str, int], ...] = ()
@@ -350,7 +351,7 @@ def load_recipe(path: Path, *, locked: bool = True) -> Recipe:
     build = data.get("build")
     if build is None:
         doc.fail((), None, "[build] is missing", "add [build] with script = '''...'''")
-    doc.check_keys(build, ("build",), {"script": str, "env": dict, "network": bool})
+    doc.check_keys(build, ("build",), {"script": str, "env": dict, "network": bool, "secret-env": list})
     script = build.get("script", "")
     if not script.strip():
         doc.fail(("build",), "script" if "script" in build else None, "the build script is empty",
@@ -368,6 +369,11 @@ def load_recipe(path: Path, *, locked: bool = True) -> Recipe:
         if "\0" in value:
             doc.fail(("build",), "env", f"env value of {key} holds a NUL byte, which no program can be given",
                      "remove the \\u0000")
+    secret_env = build.get("secret-env", [])
+    for key in secret_env:
+        if not ENV_NAME_RE.fullmatch(key) or key in RESERVED_ENV or key in env:
+            doc.fail(("build",), "secret-env", f"secret-env {key!r} is not a free environment variable name",
+                     "name variables that are not in env and not HOME, USER, LOGNAME or OUT")
     if "\0" in script:
         doc.fail(("build",), "script", "the build script holds a NUL byte, which no shell can be given",
                  "remove the \\u0000")
@@ -381,7 +387,8 @@ def load_recipe(path: Path, *, locked: bool = True) -> Recipe:
     recipe = Recipe(path=path, name=name, base=base, install=install, build_deps=build_deps,
                     source=source, env=tuple(sorted(env.items())), script=script,
                     static=verify.get("static", False), verify_run=tuple(verify.get("run", [])),
-                    network=build.get("network", False), limits=limits, unpack=unpack,
+                    network=build.get("network", False), secret_env=tuple(sorted(set(secret_env))),
+                    limits=limits, unpack=unpack,
                     lines=(("packages", doc.line_of(("packages",))), ("source", doc.line_of(("source",))),
                            ("script", doc.line_of(("build",), "script"))))
     from buildbox.lock import read_lock   # lock.py reads its file with this module's helpers

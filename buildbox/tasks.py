@@ -129,7 +129,9 @@ class Planner:
             "pins": self.pins(recipe), "user": dataclasses.asdict(BUILDER), "script": recipe.script,
             "env": [list(kv) for kv in recipe.env], "static": recipe.static,
             "verify": list(recipe.verify_run), "network": recipe.network,
-            "limits": dataclasses.asdict(recipe.limits), "sandbox": SANDBOX_VERSION}))
+            "limits": dataclasses.asdict(recipe.limits), "sandbox": SANDBOX_VERSION,
+            # The secrets' names, never their values: a new token is not a new build.
+            **({"secret-env": list(recipe.secret_env)} if recipe.secret_env else {})}))
 
     # -- paths ------------------------------------------------------------------------------
     def set_kind(self, spec: Set) -> str:

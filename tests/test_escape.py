@@ -8,13 +8,14 @@ import os
 import platform
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
 
 import pytest
 
-from conftest import Workspace, mounts_under
+from conftest import REPO, Workspace, mounts_under
 from test_lifecycle import shell_recipe
 
 pytestmark = pytest.mark.integration
@@ -230,3 +231,31 @@ def test_a_host_user_with_the_build_users_uid_cannot_edit_the_cached_trees(works
             assert (cache / kind).stat().st_mode & 0o777 == 0o700, kind
     finally:
         remove_tree(place)
+
+
+def test_no_host_user_sees_the_builds_env_secrets_or_script_on_a_command_line(workspace: Workspace) -> None:
+    secret, plain, marker = "s3cr3t-token-value", "plain-env-value-123", "script-marker-xyz"
+    recipe = shell_recipe(workspace, "secretive", f'# {marker}\necho "building now"\nsleep 4\n'
+                                                  f'test "$API_TOKEN" = "{secret}" && echo ok > "$OUT/ok"')
+    recipe.write_text(recipe.read_text().replace(
+        "[build]\n", f'[build]\nenv = {{ PLAIN = "{plain}" }}\nsecret-env = ["API_TOKEN"]\n'))
+    unset = workspace.buildbox("run", recipe, "-q", check=2)
+    assert "secret-env names API_TOKEN, which is not set" in unset.stderr.splitlines()[-1]
+    proc = subprocess.Popen([sys.executable, "-m", "buildbox", "run", str(recipe), "--cache", str(workspace.cache)],
+                            cwd=workspace.root, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO), API_TOKEN=secret))
+    for line in proc.stderr:
+        if "building now" in line:
+            break
+    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    seen = subprocess.run([*as_nobody, "sh", "-c", "ps -eww -o args; cat /proc/[0-9]*/cmdline | tr '\\0' ' '"],
+                          capture_output=True, text=True).stdout
+    assert "sh -e -c . /buildbox/build.sh secretive" in seen, "the build was running while ps looked"
+    for value in (secret, plain, marker):
+        assert value not in seen, value
+    proc.stderr.read()
+    assert proc.wait(timeout=120) == 0
+    assert (workspace.root / "out" / "secretive" / "ok").read_text() == "ok\n"
+    written = [p.read_text(errors="replace") for p in (workspace.cache / "logs" / "secretive").iterdir()]
+    written.append((workspace.root / "out" / "secretive" / "manifest.json").read_text())
+    assert not any(secret in text for text in written)
