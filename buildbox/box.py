@@ -152,7 +152,7 @@ class Box:
             env: Mapping[str, str] | None = None, cwd: str = "/", log: Path | None = None,
             stream: bool = False, capture: bool = False, network: bool = False,
             limits: Mapping[str, int] | None = None, timeout: float | None = None,
-            silence: float | None = None, interactive: bool = False) -> str:
+            silence: float | None = None, interactive: bool = False, log_limit: int | None = None) -> str:
         """Run argv inside the box, in fresh namespaces, with exactly env (root's PATH if none),
         as user "UID:GID" or root; without a network unless asked for one."""
         # devices: the base's few nodes, bound from the host into a /dev of the box's own.
@@ -171,7 +171,7 @@ class Box:
                    "--", sys.executable, "-I", str(ENTER), str(plan_file)]
         try:
             return run(command, what=what, log=log, stream=stream, capture=capture, timeout=timeout,
-                       silence=silence, interactive=interactive)
+                       silence=silence, interactive=interactive, log_limit=log_limit)
         finally:
             plan_file.unlink(missing_ok=True)
 

@@ -80,7 +80,7 @@ def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, in
             box.run(["sh", "-e", "-c", f". {SCRIPT}", recipe.name], what=f"the build of {recipe.name}",
                     user=user.spec, env=env, cwd=SRC, log=logfile, stream=stream,
                     network=recipe.network, limits=limits.rlimits(), timeout=limits.timeout,
-                    silence=limits.silence)
+                    silence=limits.silence, log_limit=limits.log)
         except BuildFailed as err:
             err = name_the_limit(err, recipe)
             err.hint = "; ".join(filter(None, [err.hint, f"`buildbox shell --failed {recipe.path}` opens a "
@@ -115,7 +115,7 @@ def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, in
                       "namespaces": [*NAMESPACES, *([] if recipe.network else ["net"])],
                       "no_new_privs": True, "capabilities": [], "seccomp": True,
                       "limits": {**recipe.limits.rlimits(), "timeout": recipe.limits.timeout,
-                                 "silence": recipe.limits.silence}},
+                                 "silence": recipe.limits.silence, "log": recipe.limits.log}},
         "artifacts": {rel: {"sha256": digests[rel], "size": (files / rel).stat().st_size,
                             **facts.get(rel, {})}
                       for rel in sorted(artifacts)},

@@ -20,6 +20,7 @@ from buildbox.errors import BuildFailed, Interrupted
 from buildbox.log import printable
 
 TAIL_LINES = 30
+LINE_MAX = 64 << 10   # the longest line of a command's output buildbox holds; longer ones are cut
 
 _live: set[subprocess.Popen] = set()
 _live_lock = threading.Lock()
@@ -38,7 +39,8 @@ CONTAINED = ["setpriv", "--pdeathsig", "KILL", "unshare", "--mount", "--pid", "-
 def run(argv: Sequence[str], *, what: str, env: Mapping[str, str] | None = None,
         cwd: Path | None = None, log: Path | None = None, stream: bool = False,
         capture: bool = False, cleanup: bool = False, timeout: float | None = None,
-        silence: float | None = None, interactive: bool = False, contained: bool = False) -> str:
+        silence: float | None = None, interactive: bool = False, contained: bool = False,
+        log_limit: int | None = None) -> str:
     """Run argv to the end; return its stdout when capture is set; raise BuildFailed with the output's tail.
     With contained, in namespaces of its own that die with buildbox (CONTAINED).
 
@@ -64,7 +66,7 @@ def run(argv: Sequence[str], *, what: str, env: Mapping[str, str] | None = None,
             out, err = proc.communicate()
             text, tail = out.decode(errors="replace"), (err + out).decode(errors="replace")
         else:
-            text, tail = "", _pump(proc.stdout, log, stream, watch)
+            text, tail = "", _pump(proc.stdout, log, stream, watch, log_limit)
             proc.wait()
     except BaseException:
         _stop(proc)
@@ -189,16 +191,35 @@ def _relay(master: int, user: int) -> None:
                 os.write(master, bytes([termios.tcgetattr(master)[6][termios.VEOF][0]]))
 
 
-def _pump(pipe: IO[bytes], log: Path | None, stream: bool, watch: _Watchdog | None = None) -> str:
-    """Copy a command's output to its log and, when streaming, the terminal; keep the last lines."""
+def _pump(pipe: IO[bytes], log: Path | None, stream: bool, watch: _Watchdog | None = None,
+          log_limit: int | None = None) -> str:
+    """Copy a command's output to its log and, when streaming, the terminal; keep the last lines.
+
+    What a build prints is untrusted: buildbox holds at most LINE_MAX bytes of it at a time (a
+    longer line is cut, and says so), and writes at most log_limit bytes of it to the log.
+    """
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     logfile = open(log, "ab") if log else None
+    logged = 0
+    inside_long_line = False
     try:
-        for raw in pipe:
+        while raw := pipe.readline(LINE_MAX):
             if watch:
                 watch.heard()
+            if inside_long_line:   # the rest of a line already cut: dropped
+                inside_long_line = not raw.endswith(b"\n")
+                continue
+            if len(raw) == LINE_MAX and not raw.endswith(b"\n"):
+                inside_long_line = True
+                raw += f"\n[buildbox: this line was cut at {LINE_MAX} bytes]\n".encode()
+            if logfile and log_limit is not None and logged + len(raw) > log_limit:
+                logfile.write(f"\n[buildbox: the log was cut here at {logged} bytes ([limits] log = {log_limit}); "
+                              "the build went on]\n".encode())
+                logfile.close()
+                logfile = None
             if logfile:
                 logfile.write(raw)
+                logged += len(raw)
             if stream:   # the user's terminal gets no control sequences from a build
                 sys.__stderr__.buffer.write(printable(raw.decode(errors="replace")).encode())
                 sys.__stderr__.flush()

@@ -259,3 +259,23 @@ def test_no_host_user_sees_the_builds_env_secrets_or_script_on_a_command_line(wo
     written = [p.read_text(errors="replace") for p in (workspace.cache / "logs" / "secretive").iterdir()]
     written.append((workspace.root / "out" / "secretive" / "manifest.json").read_text())
     assert not any(secret in text for text in written)
+
+
+RSS_OF_CHILDREN = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
+                   "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)")
+
+
+def test_a_build_printing_a_100_mb_line_or_a_flood_is_held_to_bounded_memory_and_log(workspace: Workspace) -> None:
+    recipe = shell_recipe(workspace, "loud", "head -c 104857600 /dev/zero | tr '\\\\0' a\necho\n"
+                                              "yes 0123456789abcdef | head -c 3000000\necho done > \"$OUT/done\"")
+    recipe.write_text(recipe.read_text() + '[limits]\nlog = "1M"\n')
+    result = subprocess.run([sys.executable, "-c", RSS_OF_CHILDREN, sys.executable, "-m", "buildbox", "run",
+                             str(recipe), "-q", "--cache", str(workspace.cache)], cwd=workspace.root,
+                            capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert result.returncode == 0, result.stderr
+    peak_kib = int(result.stdout.split()[-1])
+    assert peak_kib < 150 * 1024, f"buildbox's peak RSS was {peak_kib} KiB"
+    log = (workspace.cache / "logs" / "loud" / "build.log").read_bytes()
+    assert b"[buildbox: this line was cut at 65536 bytes]" in log
+    assert b"[buildbox: the log was cut here at" in log and len(log) < (1 << 20) + 4096
+    assert (workspace.root / "out" / "loud" / "done").read_text() == "done\n"
