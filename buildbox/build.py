@@ -19,12 +19,13 @@ from buildbox.errors import BuildFailed, InputError
 from buildbox.out import MANIFEST
 from buildbox.process import run
 from buildbox.recipe import Limits, Recipe
-from buildbox.store import Store, file_sha256, remove_tree, write_atomically
+from buildbox.store import Store, copy_sparse, file_sha256, remove_tree, write_atomically
 
 if TYPE_CHECKING:
     from buildbox.elf import ElfInfo
 
 MAX_DEPTH = 32
+MAX_ENTRIES = 10_000
 SCRIPT = "/buildbox/build.sh"
 NOBODY = 65534
 
@@ -90,11 +91,18 @@ def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, in
         if not artifacts:
             raise BuildFailed(f"the build of {recipe.name} left $OUT ({OUT}) empty", where=recipe.at("script"),
                              hint="copy what the build makes into \"$OUT/\" at the end of the script")
+        total = sum(source.stat().st_size for source in artifacts.values())
+        if total > limits.artifacts:
+            raise BuildFailed(f"the artifacts of {recipe.name} come to {total} bytes, past their limit "
+                              f"([limits] artifacts = {limits.artifacts})",
+                              hint=f"raise [limits] artifacts in {recipe.path} if they are meant to be that big")
         for rel, source in artifacts.items():
             dest = files / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, dest)
-            os.chmod(dest, 0o755 if source.stat().st_mode & 0o111 else 0o644)
+            copy_sparse(source, dest)
+            # Executable or not; and what the box kept from other users stays kept from them.
+            mode = source.stat().st_mode
+            os.chmod(dest, (0o755 if mode & 0o111 else 0o644) & (mode | 0o700))
             os.utime(dest, (EPOCH, EPOCH))
         check_in_box(box, artifacts, user)
     facts = verify_on_host(recipe, files)
@@ -167,10 +175,16 @@ def collect(root: Path, box_dir: str) -> dict[str, Path]:
     /etc/passwd, never the host's. Anything but files and directories is refused.
     """
     found: dict[str, Path] = {}
+    visited = 0
 
     def walk(box_path: str, rel: str, depth: int) -> None:
+        nonlocal visited
+        visited += 1
         if depth > MAX_DEPTH:
             raise BuildFailed(f"$OUT/{rel} nests deeper than {MAX_DEPTH} levels (a symlink loop?)")
+        if visited > MAX_ENTRIES:
+            raise BuildFailed(f"$OUT holds more than {MAX_ENTRIES} entries, links followed (a symlink fan-out?)",
+                              hint="put fewer, bigger artifacts in $OUT (a tarball of a tree)")
         real = resolve_in_root(root, box_path)
         if real.is_dir():
             for name in sorted(os.listdir(real)):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
@@ -30,9 +33,19 @@ class ElfInfo:
         return self.interpreter is None and not self.needed
 
 
+def open_regular(path: Path) -> BinaryIO:
+    """path opened for reading only if it is a regular file: a FIFO or a device that a binary
+    names (its NEEDED, its RPATH) must never block buildbox or be read from."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    return os.fdopen(fd, "rb")
+
+
 def is_elf(path: Path) -> bool:
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             return f.read(4) == b"\x7fELF"
     except OSError:
         return False
@@ -54,7 +67,7 @@ def read_elf(path: Path) -> ElfInfo | None:
 
 
 def _read_elf(path: Path) -> ElfInfo:
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         elf = ELFFile(f)
         interpreter = None
         needed: list[str] = []
@@ -114,7 +127,7 @@ def loader_dirs(root: Path = Path("/")) -> list[Path]:
 def _matches(candidate: Path, info: ElfInfo) -> bool:
     """A library the loader would take: ELF of the same class and machine."""
     try:
-        with open(candidate, "rb") as f:
+        with open_regular(candidate) as f:
             elf = ELFFile(f)
             return elf.elfclass == info.elfclass and elf["e_machine"] == info.machine
     except (OSError, ELFError):

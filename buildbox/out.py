@@ -17,7 +17,7 @@ from typing import Any
 
 from buildbox.errors import BuildFailed, InputError
 from buildbox.process import stop_if_interrupted
-from buildbox.store import fsync_dir, remove_tree, write_atomically
+from buildbox.store import copy_sparse, fsync_dir, remove_tree, write_atomically
 
 MANIFEST = "manifest.json"
 AT_FDCWD, RENAME_EXCHANGE = -100, 2
@@ -126,10 +126,7 @@ def _copy_checked(entry: Path, rel: str, into: Path, sha256: str) -> str:
     digest = hashlib.sha256()
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with open(source, "rb") as src, open(dest, "xb") as out:
-            while chunk := src.read(CHUNK):
-                digest.update(chunk)
-                out.write(chunk)
+        copy_sparse(source, dest, digest)
     except OSError as err:   # a full disk says nothing of where: name the file being written
         raise OSError(err.errno, err.strerror, err.filename or str(dest)) from None
     if digest.hexdigest() != sha256:

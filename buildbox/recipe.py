@@ -120,6 +120,7 @@ class Limits:
     timeout: int = 3 * 3600       # seconds of wall-clock time for the whole build
     silence: int = 30 * 60        # seconds without output before the build is taken as hung
     log: int = 1 << 30            # bytes of the build's output kept in its log
+    artifacts: int = 8 << 30      # bytes of artifacts (apparent sizes) the build may leave in $OUT
 
     def rlimits(self) -> dict[str, int]:
         return {"memory": self.memory, "processes": self.processes, "files": self.files, "cpu": self.cpu,
@@ -127,7 +128,7 @@ class Limits:
 
 
 LIMIT_KEYS = {"memory": "size", "processes": "count", "files": "count", "cpu": "time", "file-size": "size",
-              "timeout": "time", "silence": "time", "log": "size"}
+              "timeout": "time", "silence": "time", "log": "size", "artifacts": "size"}
 UNPACK_KEYS = {"unpacked": "size", "members": "count"}
 
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from filelock import FileLock
 
 
+COPY_CHUNK = 1 << 20
 # Bump when what a stage puts in its entry changes, so that old entries are not taken for new ones.
 FORMAT = 3
 
@@ -36,6 +37,40 @@ def file_sha256(path: Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def copy_sparse(source: Path, dest: Path, digest: Any = None) -> int:
+    """Copy a file to a new dest with its holes kept as holes (SEEK_DATA / SEEK_HOLE), feeding
+    every byte, zeros of the holes included, to digest when given; returns the file's size."""
+    with open(source, "rb") as src, open(dest, "xb") as out:
+        fd = src.fileno()
+        size = os.fstat(fd).st_size
+        position = 0
+        while position < size:
+            try:
+                data = os.lseek(fd, position, os.SEEK_DATA)
+            except OSError:   # ENXIO: nothing but a hole up to the end
+                data = size
+            if digest is not None:
+                for start in range(position, data, COPY_CHUNK):
+                    digest.update(bytes(min(COPY_CHUNK, data - start)))
+            if data >= size:
+                break
+            hole = os.lseek(fd, data, os.SEEK_HOLE)
+            os.lseek(fd, data, os.SEEK_SET)
+            out.seek(data)
+            left = hole - data
+            while left:
+                chunk = os.read(fd, min(COPY_CHUNK, left))
+                if not chunk:
+                    break
+                if digest is not None:
+                    digest.update(chunk)
+                out.write(chunk)
+                left -= len(chunk)
+            position = hole
+        out.truncate(size)
+    return size
 
 
 def tree_sha256(root: Path) -> str:

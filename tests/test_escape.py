@@ -279,3 +279,31 @@ def test_a_build_printing_a_100_mb_line_or_a_flood_is_held_to_bounded_memory_and
     assert b"[buildbox: this line was cut at 65536 bytes]" in log
     assert b"[buildbox: the log was cut here at" in log and len(log) < (1 << 20) + 4096
     assert (workspace.root / "out" / "loud" / "done").read_text() == "done\n"
+
+
+@pytest.mark.parametrize("script,limits,words", [
+    ('truncate -s 2G "$OUT/sparse"', 'artifacts = "1G"', "past their limit ([limits] artifacts = 1073741824)"),
+    # Five levels of eight links each to the level below: 32,768 paths to one small file, no loop.
+    ('cd "$HOME"; for d in 0 1 2 3 4 5; do mkdir -p fan/$d; done; echo x > fan/5/f\n'
+     'for d in 0 1 2 3 4; do for i in 1 2 3 4 5 6 7 8; do ln -s ../$((d + 1)) fan/$d/x$i; done; done\n'
+     'ln -s "$HOME/fan/0" "$OUT/fan"', "",
+     "more than 10000 entries, links followed (a symlink fan-out?)"),
+])
+def test_artifacts_past_their_bounds_are_refused_naming_the_bound(workspace: Workspace, script: str, limits: str,
+                                                                  words: str) -> None:
+    recipe = shell_recipe(workspace, "bounded", script)
+    if limits:
+        recipe.write_text(recipe.read_text() + f"[limits]\n{limits}\n")
+    result = workspace.buildbox("run", recipe, "-q", check=1)
+    assert words in result.stderr.splitlines()[-1], result.stderr[-2000:]
+    assert not (workspace.root / "out" / "bounded").exists()
+
+
+def test_a_sparse_artifact_stays_sparse_and_a_private_one_private(workspace: Workspace) -> None:
+    recipe = shell_recipe(workspace, "sparse", 'truncate -s 1G "$OUT/sparse"\necho data >> "$OUT/sparse"\n'
+                                               'echo secret > "$OUT/private"; chmod 600 "$OUT/private"')
+    workspace.buildbox("run", recipe, "-q")
+    out = workspace.root / "out" / "sparse"
+    assert (out / "sparse").stat().st_size == (1 << 30) + 5
+    assert (out / "sparse").stat().st_blocks * 512 < 1 << 20, "the holes were written out"
+    assert (out / "private").stat().st_mode & 0o077 == 0

@@ -173,3 +173,19 @@ def test_elf_facts_tell_static_from_dynamic_and_name_missing_libraries(tmp_path:
     static = subprocess.run(["gcc", "-static", "-o", tmp_path / "static", tmp_path / "main.c", tmp_path / "lib.c"])
     if static.returncode == 0:
         assert read_elf(tmp_path / "static").static
+
+
+def test_a_library_a_binary_names_is_never_opened_unless_it_is_a_regular_file(tmp_path: Path) -> None:
+    import threading
+    from buildbox.elf import resolve_needed
+    fifo = tmp_path / "libfifo.so"
+    os.mkfifo(fifo)
+    info = read_elf(Path("/bin/true"))
+    info = type(info)(info.path, info.elfclass, info.machine, info.interpreter, (str(fifo), "libfifo.so"),
+                      (), (str(tmp_path),), info.pie)
+    found: dict = {}
+    worker = threading.Thread(target=lambda: found.update(resolve_needed(info, tmp_path, [])), daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert not worker.is_alive(), "resolving a NEEDED that names a FIFO blocked"
+    assert found == {str(fifo): None, "libfifo.so": None}
