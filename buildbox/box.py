@@ -159,21 +159,8 @@ class Box:
         plan = {"root": str(self.root), "cwd": cwd, "argv": list(argv), "env": dict(env or {"PATH": ROOT_PATH}),
                 "user": [int(n) for n in user.split(":")] if user else None, "network": network,
                 "hostname": HOSTNAME, "devices": list(DEVICES), "limits": dict(limits or {})}
-        # The plan (the environment, secrets included, and the command) goes through a file only
-        # root can read, which enter.py removes once read: a command line is every host user's to see.
-        plan_file = self.dir / f"plan-{uuid.uuid4().hex[:12]}.json"
-        fd = os.open(plan_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(plan, f)
-        command = ["setpriv", "--pdeathsig", "KILL",   # the box dies with buildbox, even by SIGKILL
-                   "unshare", *(f"--{ns}" for ns in NAMESPACES), *([] if network else ["--net"]),
-                   "--fork", "--kill-child", "--propagation", "private",
-                   "--", sys.executable, "-I", str(ENTER), str(plan_file)]
-        try:
-            return run(command, what=what, log=log, stream=stream, capture=capture, timeout=timeout,
-                       silence=silence, interactive=interactive, log_limit=log_limit)
-        finally:
-            plan_file.unlink(missing_ok=True)
+        return _enter(plan, self.dir, what=what, log=log, stream=stream, capture=capture, timeout=timeout,
+                      silence=silence, interactive=interactive, log_limit=log_limit)
 
     def describe(self) -> str:
         return f"{self.dir} (chroot {self.root}; upper layer {self.upper})"
@@ -204,6 +191,41 @@ class Box:
             os.rename(self.upper, dest / "upper")
             (dest / "failed.json").write_text(json.dumps({"layers": [str(p) for p in self.layers],
                                                           "when": time.time()}, indent=2) + "\n")
+
+
+def run_on_host(store: Store, argv: Sequence[str], *, writable: Path, at: str, uid: int, env: Mapping[str, str],
+                what: str, log: Path | None, stream: bool, timeout: float) -> str:
+    """Run argv on a read-only view of the host (its own libraries, nothing of it writable), with
+    `writable` bound at `at` (in a /tmp of its own), as uid with no capabilities, no_new_privs
+    and the seccomp filter, in mount, PID, network, IPC and UTS namespaces of its own: whatever
+    it starts, daemons included, dies when it ends, and it reaches no network."""
+    plan = {"root": "/", "cwd": at, "argv": list(argv), "env": dict(env), "user": [uid, uid], "network": False,
+            "hostname": HOSTNAME, "devices": [], "limits": {}, "host_view": {"writable": str(writable), "at": at}}
+    return _enter(plan, store.dir("boxes"), what=what, log=log, stream=stream, timeout=timeout,
+                  timeout_key="[verify] timeout")
+
+
+def _enter(plan: dict, private: Path, *, what: str, log: Path | None = None, stream: bool = False,
+           capture: bool = False, timeout: float | None = None, silence: float | None = None,
+           interactive: bool = False, log_limit: int | None = None, timeout_key: str = "[limits] timeout") -> str:
+    """Run enter.py with plan as the first process of fresh namespaces (NAMESPACES, and a network
+    namespace of its own unless the plan has the network)."""
+    # The plan (the environment, secrets included, and the command) goes through a file only
+    # root can read (in `private`), which enter.py removes once read: a command line is every
+    # host user's to see.
+    plan_file = private / f"plan-{uuid.uuid4().hex[:12]}.json"
+    fd = os.open(plan_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(plan, f)
+    command = ["setpriv", "--pdeathsig", "KILL",   # the box dies with buildbox, even by SIGKILL
+               "unshare", *(f"--{ns}" for ns in NAMESPACES), *([] if plan["network"] else ["--net"]),
+               "--fork", "--kill-child", "--propagation", "private",
+               "--", sys.executable, "-I", str(ENTER), str(plan_file)]
+    try:
+        return run(command, what=what, log=log, stream=stream, capture=capture, timeout=timeout,
+                   silence=silence, interactive=interactive, log_limit=log_limit, timeout_key=timeout_key)
+    finally:
+        plan_file.unlink(missing_ok=True)
 
 
 def _owner(pid: int | None = None) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -14,10 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from buildbox import __version__, log
 from buildbox.base import BUILDER, EPOCH, OUT, SRC, BuildUser, renumber_user
-from buildbox.box import NAMESPACES, Box, resolve_in_root
+from buildbox.box import NAMESPACES, Box, resolve_in_root, run_on_host
 from buildbox.errors import BuildFailed, InputError
 from buildbox.out import MANIFEST
-from buildbox.process import run
 from buildbox.recipe import Limits, Recipe
 from buildbox.store import Store, copy_sparse, file_sha256, remove_tree, write_atomically
 
@@ -27,7 +25,8 @@ if TYPE_CHECKING:
 MAX_DEPTH = 32
 MAX_ENTRIES = 10_000
 SCRIPT = "/buildbox/build.sh"
-NOBODY = 65534
+# The verify commands' uid: no account, no process of the host's (nobody is many daemons' user).
+VERIFY_UID = 0x7FFFFFFE
 
 
 def build_env(recipe: Recipe, user: BuildUser = BUILDER) -> dict[str, str]:
@@ -106,7 +105,7 @@ def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, in
             os.utime(dest, (EPOCH, EPOCH))
         check_in_box(box, artifacts, user)
     facts = verify_on_host(recipe, files)
-    run_verify_commands(recipe, files, logfile)
+    run_verify_commands(store, recipe, files, logfile)
     digests = {rel: file_sha256(files / rel) for rel in sorted(artifacts)}
     manifest = {
         "recipe": recipe.name,
@@ -254,27 +253,32 @@ def verify_on_host(recipe: Recipe, files: Path) -> dict[str, dict[str, Any]]:
     return facts
 
 
-def run_verify_commands(recipe: Recipe, files: Path, logfile: Path) -> None:
+def run_verify_commands(store: Store, recipe: Recipe, files: Path, logfile: Path) -> None:
     """The recipe's [verify] run commands, on the host, with the artifacts first on PATH.
 
-    They run what the build made, so they run as nobody, with no groups and a clean environment,
-    on a copy of the artifacts in a directory of nobody's own (the cache may sit under a
-    directory nobody cannot enter, such as /root).
+    They run what the build made: on a read-only view of the host (its libraries are what is
+    tested), as a uid no host process uses, with no capabilities, no network, and namespaces of
+    their own that take everything they started along when each ends (run_on_host), on a copy
+    of the artifacts, each within [verify] timeout.
     """
     if not recipe.verify_run:
         return
     place = Path(tempfile.mkdtemp(prefix=f"buildbox-verify-{recipe.name}-"))
     try:
         copy = place / "artifacts"
-        shutil.copytree(files, copy)
+        for source in sorted(p for p in files.rglob("*") if p.is_file()):
+            dest = copy / source.relative_to(files)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            copy_sparse(source, dest)
+            os.chmod(dest, source.stat().st_mode & 0o777)
         for path in (place, copy, *copy.rglob("*")):
-            os.lchown(path, NOBODY, NOBODY)
-        env = {"PATH": f"{copy}:/usr/local/bin:/usr/bin:/bin", "HOME": str(place), "LANG": "C.UTF-8",
-               "TZ": "UTC"}
-        as_nobody = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--no-new-privs"]
+            os.lchown(path, VERIFY_UID, VERIFY_UID)
+        at = "/tmp/verify"
+        env = {"PATH": f"{at}/artifacts:/usr/local/bin:/usr/bin:/bin", "HOME": at, "LANG": "C.UTF-8", "TZ": "UTC"}
         for command in recipe.verify_run:
             log.note(f"verify: {command}")
-            run([*as_nobody, "sh", "-ec", command], what=f"the verify command `{command}`", env=env, cwd=copy,
-                log=logfile, stream=not log.quiet, contained=True)
+            run_on_host(store, ["sh", "-ec", command], writable=place, at=at, uid=VERIFY_UID, env=env,
+                        what=f"the verify command `{command}`", log=logfile, stream=not log.quiet,
+                        timeout=recipe.verify_timeout)
     finally:
         remove_tree(place)

@@ -47,6 +47,13 @@ TIOCSTI, TIOCLINUX = 0x5412, 0x541C   # push keystrokes into a terminal; the con
 LOW_32 = 0xFFFFFFFF
 
 libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY = 442, -100, 0x8000, 0x1
+
+
+class MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64), ("propagation", ctypes.c_uint64),
+                ("userns_fd", ctypes.c_uint64)]
 
 
 def load_seccomp():
@@ -104,6 +111,25 @@ def make_dev(root, devices):
     mount("devpts", os.path.join(dev, "pts"), "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=620")
 
 
+def host_view(view):
+    """The host's own tree, all of it read-only, with a private /tmp, a /proc of this PID namespace,
+    and one directory writable (bound at view["at"]): what runs the build's output on the host sees
+    the host's libraries and can change nothing of it."""
+    keep = os.open(view["writable"], os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)   # before /tmp is covered
+    attr = MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0)
+    if libc.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, b"/", AT_RECURSIVE, ctypes.byref(attr), ctypes.sizeof(attr)) != 0:
+        fail("read-only host: " + os.strerror(ctypes.get_errno()))
+    mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=1g")
+    os.mkdir(view["at"])
+    mount(f"/proc/self/fd/{keep}", view["at"], None, MS_BIND)
+    writable = MountAttr(0, MOUNT_ATTR_RDONLY, 0, 0)
+    if libc.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, view["at"].encode(), 0, ctypes.byref(writable),
+                    ctypes.sizeof(writable)) != 0:
+        fail(f"writable {view['at']}: " + os.strerror(ctypes.get_errno()))
+    os.close(keep)
+    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
 def loopback_up():
     """A new network namespace has a loopback that is down: bring it up, so tests can listen on it."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -152,8 +178,11 @@ def main():
     os.unlink(sys.argv[1])
     root = plan["root"]
     seccomp = load_seccomp() if plan["user"] else None
-    mount("proc", os.path.join(root, "proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    make_dev(root, plan["devices"])
+    if plan.get("host_view"):
+        host_view(plan["host_view"])
+    else:
+        mount("proc", os.path.join(root, "proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        make_dev(root, plan["devices"])
     socket.sethostname(plan["hostname"])
     if not plan["network"]:
         loopback_up()

@@ -40,7 +40,7 @@ def run(argv: Sequence[str], *, what: str, env: Mapping[str, str] | None = None,
         cwd: Path | None = None, log: Path | None = None, stream: bool = False,
         capture: bool = False, cleanup: bool = False, timeout: float | None = None,
         silence: float | None = None, interactive: bool = False, contained: bool = False,
-        log_limit: int | None = None) -> str:
+        log_limit: int | None = None, timeout_key: str = "[limits] timeout") -> str:
     """Run argv to the end; return its stdout when capture is set; raise BuildFailed with the output's tail.
     With contained, in namespaces of its own that die with buildbox (CONTAINED).
 
@@ -60,7 +60,7 @@ def run(argv: Sequence[str], *, what: str, env: Mapping[str, str] | None = None,
                             start_new_session=True)
     with _live_lock:
         _live.add(proc)
-    watch = _Watchdog(proc, timeout, silence) if timeout or silence else None
+    watch = _Watchdog(proc, timeout, silence, timeout_key) if timeout or silence else None
     try:
         if capture:
             out, err = proc.communicate()
@@ -94,8 +94,9 @@ def run(argv: Sequence[str], *, what: str, env: Mapping[str, str] | None = None,
 class _Watchdog:
     """Kills a command's process group when it runs too long, or prints nothing for too long."""
 
-    def __init__(self, proc: subprocess.Popen, timeout: float | None, silence: float | None) -> None:
-        self.proc, self.timeout, self.silence = proc, timeout, silence
+    def __init__(self, proc: subprocess.Popen, timeout: float | None, silence: float | None,
+                 timeout_key: str = "[limits] timeout") -> None:
+        self.proc, self.timeout, self.silence, self.timeout_key = proc, timeout, silence, timeout_key
         self.started = self.last_output = time.monotonic()
         self.reason = ""
         self._done = threading.Event()
@@ -111,7 +112,7 @@ class _Watchdog:
         while not self._done.wait(0.5):
             now = time.monotonic()
             if self.timeout and now - self.started > self.timeout:
-                self.reason = f"it ran longer than its wall-clock limit ([limits] timeout = {self.timeout:g}s)"
+                self.reason = f"it ran longer than its wall-clock limit ({self.timeout_key} = {self.timeout:g}s)"
             elif self.silence and now - self.last_output > self.silence:
                 self.reason = f"it printed nothing for {self.silence:g}s ([limits] silence)"
             else:

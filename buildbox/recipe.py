@@ -145,6 +145,7 @@ class Recipe:
     static: bool
     verify_run: tuple[str, ...]
     network: bool = False
+    verify_timeout: int = 60          # seconds each [verify] run command may take
     secret_env: tuple[str, ...] = ()   # taken from the invoking environment; only the names are keyed
     limits: Limits = Limits()
     unpack: UnpackLimits = UnpackLimits()   # not part of any key: a tarball unpacks whole or not at all
@@ -381,7 +382,10 @@ def load_recipe(path: Path, *, locked: bool = True) -> Recipe:
                  "remove the \\u0000")
 
     verify = data.get("verify", {})
-    doc.check_keys(verify, ("verify",), {"static": bool, "run": list})
+    doc.check_keys(verify, ("verify",), {"static": bool, "run": list, "timeout": object})
+    verify_timeout = parse_amount(str(verify.get("timeout", 60)), "time")
+    if verify_timeout is None or isinstance(verify.get("timeout"), bool):
+        doc.fail(("verify",), "timeout", f"timeout = {verify.get('timeout')!r} is not a time", 'write timeout = "60s"')
     if any("\0" in command for command in verify.get("run", [])):
         doc.fail(("verify",), "run", "a verify command holds a NUL byte, which no shell can be given",
                  "remove the \\u0000")
@@ -389,7 +393,7 @@ def load_recipe(path: Path, *, locked: bool = True) -> Recipe:
     recipe = Recipe(path=path, name=name, base=base, install=install, build_deps=build_deps,
                     source=source, env=tuple(sorted(env.items())), script=script,
                     static=verify.get("static", False), verify_run=tuple(verify.get("run", [])),
-                    network=build.get("network", False), secret_env=tuple(sorted(set(secret_env))),
+                    network=build.get("network", False), verify_timeout=verify_timeout, secret_env=tuple(sorted(set(secret_env))),
                     limits=limits, unpack=unpack,
                     lines=(("packages", doc.line_of(("packages",))), ("source", doc.line_of(("source",))),
                            ("script", doc.line_of(("build",), "script"))))

@@ -307,3 +307,33 @@ def test_a_sparse_artifact_stays_sparse_and_a_private_one_private(workspace: Wor
     assert (out / "sparse").stat().st_size == (1 << 30) + 5
     assert (out / "sparse").stat().st_blocks * 512 < 1 << 20, "the holes were written out"
     assert (out / "private").stat().st_mode & 0o077 == 0
+
+
+def test_verify_commands_run_sandboxed_on_a_read_only_host(workspace: Workspace, tmp_path: Path,
+                                                           server: CountingServer) -> None:
+    canary = tmp_path / "canary"
+    canary.write_text("unchanged\n")
+    canary.chmod(0o666)   # writable by anyone: only the sandbox's read-only host keeps it so
+    commands = [
+        "tool > /tmp/ran && test -s /tmp/ran",                     # the artifact runs, /tmp is its own
+        f"! sh -c 'echo pwned >> {canary}'",                       # the host is read-only
+        f"! bash -c 'exec 3<>/dev/tcp/127.0.0.1/{server.port}'",   # no network
+        "setsid sh -c 'sleep 3607 &' < /dev/null > /dev/null 2>&1", # a daemon: it must die with the command
+        "test $(id -u) -ne 0 && ! grep -q '^CapEff:.*[1-9a-f]' /proc/self/status",
+        "test $(ls /proc | grep -c '^[0-9]') -lt 10",               # its own PID namespace
+    ]
+    recipe = shell_recipe(workspace, "verified", 'printf "#!/bin/sh\\necho ok\\n" > "$OUT/tool"; chmod 755 "$OUT/tool"')
+    recipe.write_text(recipe.read_text() + "[verify]\nrun = [" + ", ".join(json.dumps(c) for c in commands) + "]\n")
+    workspace.buildbox("run", recipe, "-q")
+    assert canary.read_text() == "unchanged\n"
+    assert server.connections == 0
+    assert subprocess.run(["pgrep", "-f", "sleep 3607"], capture_output=True).returncode == 1
+    assert not Path("/tmp/ran").exists()   # the command's /tmp was its own
+
+
+def test_a_verify_command_past_its_timeout_fails_naming_it(workspace: Workspace) -> None:
+    recipe = shell_recipe(workspace, "slowverify", 'echo > "$OUT/x"')
+    recipe.write_text(recipe.read_text() + '[verify]\nrun = ["sleep 3608"]\ntimeout = "2s"\n')
+    result = workspace.buildbox("run", recipe, "-q", check=1)
+    assert "wall-clock limit ([verify] timeout = 2s)" in result.stderr.splitlines()[-1], result.stderr
+    assert subprocess.run(["pgrep", "-f", "sleep 3608"], capture_output=True).returncode == 1
