@@ -81,7 +81,7 @@ class Box:
         self.label = label
         self.keep = keep
         # The owner's pid and start time in the name: a later run can tell a box of a dead run.
-        self.dir = store.dir("boxes") / f"{label}-{_owner()}-{uuid.uuid4().hex[:8]}"
+        self.dir = store.dir("boxes") / f"{label}-{owner()}-{uuid.uuid4().hex[:8]}"
         self.upper = upper or self.dir / "upper"
         self.root = self.dir / "root"
         self._stack = contextlib.ExitStack()
@@ -152,13 +152,15 @@ class Box:
             env: Mapping[str, str] | None = None, cwd: str = "/", log: Path | None = None,
             stream: bool = False, capture: bool = False, network: bool = False,
             limits: Mapping[str, int] | None = None, timeout: float | None = None,
-            silence: float | None = None, interactive: bool = False, log_limit: int | None = None) -> str:
+            silence: float | None = None, interactive: bool = False, log_limit: int | None = None,
+            cgroups: Sequence[str] = ()) -> str:
         """Run argv inside the box, in fresh namespaces, with exactly env (root's PATH if none),
-        as user "UID:GID" or root; without a network unless asked for one."""
+        as user "UID:GID" or root; without a network unless asked for one; in the cgroups whose
+        cgroup.procs files are given."""
         # devices: the base's few nodes, bound from the host into a /dev of the box's own.
         plan = {"root": str(self.root), "cwd": cwd, "argv": list(argv), "env": dict(env or {"PATH": ROOT_PATH}),
                 "user": [int(n) for n in user.split(":")] if user else None, "network": network,
-                "hostname": HOSTNAME, "devices": list(DEVICES), "limits": dict(limits or {})}
+                "hostname": HOSTNAME, "devices": list(DEVICES), "limits": dict(limits or {}), "cgroups": list(cgroups)}
         return _enter(plan, self.dir, what=what, log=log, stream=stream, capture=capture, timeout=timeout,
                       silence=silence, interactive=interactive, log_limit=log_limit)
 
@@ -228,7 +230,7 @@ def _enter(plan: dict, private: Path, *, what: str, log: Path | None = None, str
         plan_file.unlink(missing_ok=True)
 
 
-def _owner(pid: int | None = None) -> str:
+def owner(pid: int | None = None) -> str:
     """pid.starttime of a process (the start time tells a reused pid from the original)."""
     pid = pid or os.getpid()
     with open(f"/proc/{pid}/stat") as stat:
@@ -236,10 +238,12 @@ def _owner(pid: int | None = None) -> str:
     return f"{pid}.{start}"
 
 
-def _alive(owner: str) -> bool:
-    pid = int(owner.split(".")[0])
+def alive(name: str) -> bool:
+    """Whether the process an owner() name stands for still runs."""
+    if not _is_owner(name):
+        return False
     try:
-        return _owner(pid) == owner
+        return owner(int(name.split(".")[0])) == name
     except (OSError, IndexError):
         return False
 
@@ -250,8 +254,8 @@ def reap_dead_boxes(store: Store) -> list[Path]:
     boxes = store.root / "boxes"
     for box in sorted(boxes.iterdir()) if boxes.is_dir() else []:
         parts = box.name.split("-")
-        owner = parts[-2] if len(parts) >= 3 else ""
-        if not _is_owner(owner) or _alive(owner) or (box / KEPT).exists():
+        made_by = parts[-2] if len(parts) >= 3 else ""
+        if not _is_owner(made_by) or alive(made_by) or (box / KEPT).exists():
             continue
         for target in mounts_under(box):
             _unmount(Path(target))
@@ -263,8 +267,8 @@ def reap_dead_boxes(store: Store) -> list[Path]:
     return reaped
 
 
-def _is_owner(owner: str) -> bool:
-    pid, _, start = owner.partition(".")
+def _is_owner(name: str) -> bool:
+    pid, _, start = name.partition(".")
     return pid.isdigit() and start.isdigit()
 
 

@@ -3,17 +3,19 @@ artifacts copied out of the box (resolved inside it) into the cache and on to ou
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from buildbox import __version__, log
 from buildbox.base import BUILDER, EPOCH, OUT, SRC, BuildUser, renumber_user
 from buildbox.box import NAMESPACES, Box, resolve_in_root, run_on_host
+from buildbox.cgroup import Cgroup
 from buildbox.errors import BuildFailed, InputError
 from buildbox.out import MANIFEST
 from buildbox.recipe import Limits, Recipe
@@ -76,16 +78,17 @@ def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, in
         # The script handed over as a file in the box, read-only to the build: no quoting of user
         # code, and nothing of it on a command line, where every host user could read it.
         box.write(SCRIPT, recipe.script)
-        try:
-            box.run(["sh", "-e", "-c", f". {SCRIPT}", recipe.name], what=f"the build of {recipe.name}",
-                    user=user.spec, env=env, cwd=SRC, log=logfile, stream=stream,
-                    network=recipe.network, limits=limits.rlimits(), timeout=limits.timeout,
-                    silence=limits.silence, log_limit=limits.log)
-        except BuildFailed as err:
-            err = name_the_limit(err, recipe)
-            err.hint = "; ".join(filter(None, [err.hint, f"`buildbox shell --failed {recipe.path}` opens a "
-                                                         "shell in the box where it failed"]))
-            raise err from None
+        with whole_box_limits(recipe, logfile) as (group, rlimits):
+            try:
+                box.run(["sh", "-e", "-c", f". {SCRIPT}", recipe.name], what=f"the build of {recipe.name}",
+                        user=user.spec, env=env, cwd=SRC, log=logfile, stream=stream,
+                        network=recipe.network, limits=rlimits, timeout=limits.timeout,
+                        silence=limits.silence, log_limit=limits.log, cgroups=group.procs if group else [])
+            except BuildFailed as err:
+                failure = name_the_limit(err, recipe, group.hit() if group else None)
+                failure.hint = "; ".join(filter(None, [failure.hint, f"`buildbox shell --failed {recipe.path}` "
+                                                                     "opens a shell in the box where it failed"]))
+                raise failure from None
         artifacts = collect(box.root, OUT)
         if not artifacts:
             raise BuildFailed(f"the build of {recipe.name} left $OUT ({OUT}) empty", where=recipe.at("script"),
@@ -121,7 +124,8 @@ def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, in
         "isolation": {"user": f"{user.name} ({user.spec})", "network": recipe.network,
                       "namespaces": [*NAMESPACES, *([] if recipe.network else ["net"])],
                       "no_new_privs": True, "capabilities": [], "seccomp": True,
-                      "limits": {**recipe.limits.rlimits(), "timeout": recipe.limits.timeout,
+                      "limits": {**recipe.limits.rlimits(), "memory": recipe.limits.memory,
+                                 "timeout": recipe.limits.timeout,
                                  "silence": recipe.limits.silence, "log": recipe.limits.log}},
         "artifacts": {rel: {"sha256": digests[rel], "size": (files / rel).stat().st_size,
                             **facts.get(rel, {})}
@@ -151,16 +155,34 @@ LIMIT_SIGNS = [
 ]
 
 
-def name_the_limit(err: BuildFailed, recipe: Recipe) -> BuildFailed:
-    """A failed build whose output shows a limit was hit says which one, and how to raise it."""
+def name_the_limit(err: BuildFailed, recipe: Recipe, hit: str | None = None) -> BuildFailed:
+    """A failed build that hit a limit says which one, and how to raise it: the box's cgroup
+    tells (hit), else the build's output shows it."""
     text = f"{err.message}\n{err.tail}"
-    for sign, key, label in LIMIT_SIGNS:
-        if sign in text:
-            value = recipe.limits.rlimits()[key]
-            return BuildFailed(f"{err.message}: it hit its {label} limit ([limits] {key} = {value})",
-                               hint=f"raise [limits] {key} in {recipe.path} if the build needs more",
-                               tail=err.tail)
-    return err
+    found = next(((key, label) for sign, key, label in LIMIT_SIGNS if sign in text), None) if hit is None else \
+        (hit, hit)
+    if found is None:
+        return err
+    key, label = found
+    if key == "memory" and hit is None and recipe.limits.address_space:
+        key, label = "address-space", "address space"   # ENOMEM from setrlimit's limit, not the cgroup's
+    return BuildFailed(f"{err.message}: it hit its {label} limit ([limits] {key} = {recipe.limits.value(key)})",
+                       hint=f"raise [limits] {key} in {recipe.path} if the build needs more", tail=err.tail)
+
+
+@contextlib.contextmanager
+def whole_box_limits(recipe: Recipe, logfile: Path) -> Iterator[tuple[Cgroup | None, dict[str, int]]]:
+    """The build's cgroup (memory and processes of the whole box) and its per-process rlimits;
+    without cgroup controllers, said in the log, memory falls back to a per-process limit."""
+    limits = recipe.limits
+    if Cgroup.where() is None:
+        with open(logfile, "a") as f:
+            f.write("buildbox: no memory and pids cgroup controllers on this host: [limits] memory is applied "
+                    "per process (address space), not to the whole box\n")
+        yield None, {**limits.rlimits(), "address-space": limits.address_space or limits.memory}
+        return
+    with Cgroup(recipe.name, memory=limits.memory, pids=limits.processes) as group:
+        yield group, limits.rlimits()
 
 
 def _now() -> str:

@@ -23,7 +23,7 @@ import sys
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND = 0x2, 0x4, 0x8, 0x1000
 PR_SET_NO_NEW_PRIVS, PR_CAPBSET_DROP = 38, 24
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP, IFF_RUNNING = 0x8913, 0x8914, 0x1, 0x40
-LIMITS = {"memory": resource.RLIMIT_AS, "processes": resource.RLIMIT_NPROC, "files": resource.RLIMIT_NOFILE,
+LIMITS = {"address-space": resource.RLIMIT_AS, "processes": resource.RLIMIT_NPROC, "files": resource.RLIMIT_NOFILE,
           "cpu": resource.RLIMIT_CPU, "file-size": resource.RLIMIT_FSIZE}
 DEV_LINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
              "stderr": "/proc/self/fd/2", "ptmx": "pts/ptmx"}
@@ -177,6 +177,12 @@ def main():
         plan = json.load(f)
     os.unlink(sys.argv[1])
     root = plan["root"]
+    for procs in plan.get("cgroups", []):   # the box's cgroup, before anything of the box starts
+        try:
+            with open(procs, "w") as f:
+                f.write(str(os.getpid()))
+        except OSError as err:
+            fail(f"joining the cgroup {os.path.dirname(procs)}: {err.strerror}")
     seccomp = load_seccomp() if plan["user"] else None
     if plan.get("host_view"):
         host_view(plan["host_view"])

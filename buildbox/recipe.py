@@ -112,7 +112,7 @@ def parse_amount(text: str, kind: str) -> int | None:
 @dataclass(frozen=True)
 class Limits:
     """What one build may use; exceeding any of them fails the build, naming the limit."""
-    memory: int = 16 << 30        # bytes of address space per process
+    memory: int = 16 << 30        # bytes of memory of the whole box (its cgroup)
     processes: int = 4096         # processes and threads of the build user
     files: int = 4096             # open files per process
     cpu: int = 4 * 3600           # seconds of CPU per process
@@ -121,14 +121,20 @@ class Limits:
     silence: int = 30 * 60        # seconds without output before the build is taken as hung
     log: int = 1 << 30            # bytes of the build's output kept in its log
     artifacts: int = 8 << 30      # bytes of artifacts (apparent sizes) the build may leave in $OUT
+    address_space: int | None = None   # bytes of address space per process (none by default)
 
     def rlimits(self) -> dict[str, int]:
-        return {"memory": self.memory, "processes": self.processes, "files": self.files, "cpu": self.cpu,
-                "file-size": self.file_size}
+        """The limits set per process with setrlimit (memory and processes are the box's cgroup's)."""
+        return {"processes": self.processes, "files": self.files, "cpu": self.cpu, "file-size": self.file_size,
+                **({"address-space": self.address_space} if self.address_space else {})}
+
+    def value(self, key: str) -> int | None:
+        """A limit by its name in [limits] (address-space, file-size, ...)."""
+        return getattr(self, key.replace("-", "_"))
 
 
 LIMIT_KEYS = {"memory": "size", "processes": "count", "files": "count", "cpu": "time", "file-size": "size",
-              "timeout": "time", "silence": "time", "log": "size", "artifacts": "size"}
+              "timeout": "time", "silence": "time", "log": "size", "artifacts": "size", "address-space": "size"}
 UNPACK_KEYS = {"unpacked": "size", "members": "count"}
 
 

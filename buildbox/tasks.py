@@ -458,6 +458,8 @@ class Planner:
         """Remove the boxes and half-made entries of runs that died (in a buildbox cache only)."""
         self.store.claim(create=True)
         from buildbox.box import reap_dead_boxes
+        from buildbox.cgroup import reap_dead_groups
+        reap_dead_groups()
         for path in [*reap_dead_boxes(self.store), *self.store.remove_stale_tmp()]:
             log.say(f"buildbox: removed {path}, left by a run that died")
 

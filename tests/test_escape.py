@@ -194,6 +194,11 @@ def test_a_recipe_can_ask_for_the_network_and_says_so(workspace: Workspace, tmp_
     ('cpu = "1s"', "while :; do :; done", "CPU time limit ([limits] cpu = 1)"),
     ('file-size = "1M"', 'dd if=/dev/zero of="$OUT/big" bs=1M count=8', "file size limit ([limits] file-size = 1048576)"),
     ('memory = "256M"', "perl -e '$x = \"a\" x (512 * 1024 * 1024)'", "memory limit ([limits] memory = 268435456)"),
+    # Four processes of 200 MB each: within a per-process limit of 500M, past a whole-box one.
+    ('memory = "500M"', "for i in 1 2 3 4; do perl -e '$x = \"a\" x (200 * 1024 * 1024); sleep 4' & pids=\"$pids $!\"; "
+     "done; for p in $pids; do wait $p; done", "memory limit ([limits] memory = 524288000)"),
+    ('address-space = "256M"', "perl -e '$x = \"a\" x (512 * 1024 * 1024)'",
+     "address space limit ([limits] address-space = 268435456)"),
 ])
 def test_a_build_past_a_limit_fails_naming_the_limit(workspace: Workspace, limits: str, script: str,
                                                     words: str) -> None:
