@@ -78,7 +78,8 @@ def make_base(root: Path, sets: list[tuple[str, Path]], limits: UnpackLimits, us
         # Services must not start while packages install into a box (what sbuild and mock do too).
         if tree.lstat("/usr/sbin") is not None:
             tree.write("/usr/sbin/policy-rc.d",
-                       "#!/bin/sh\n# Written by buildbox: no services start inside a build box.\nexit 101\n", mode=0o755)
+                       "#!/bin/sh\n# Written by buildbox: no services start inside a build box.\nexit 101\n",
+                       mode=0o755)
 
 
 def _write_etc(tree: Root) -> None:

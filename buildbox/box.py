@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import shlex
+import shutil
 import sys
 import time
 import uuid
@@ -153,16 +154,38 @@ class Box:
             stream: bool = False, capture: bool = False, network: bool = False,
             limits: Mapping[str, int] | None = None, timeout: float | None = None,
             silence: float | None = None, interactive: bool = False, log_limit: int | None = None,
-            cgroups: Sequence[str] = ()) -> str:
+            cgroups: Sequence[str] = (), outbound: bool = False) -> str:
         """Run argv inside the box, in fresh namespaces, with exactly env (root's PATH if none),
-        as user "UID:GID" or root; without a network unless asked for one; in the cgroups whose
-        cgroup.procs files are given."""
+        as user "UID:GID" or root; in the cgroups whose cgroup.procs files are given. Without a
+        network unless asked for one: the host's own (network: the stages that fetch pinned
+        content), or with outbound, a network namespace of the box's own whose traffic pasta
+        carries out (a build's `network = true`: the host's loopback, its abstract sockets and
+        its gateway stay out of reach)."""
         # devices: the base's few nodes, bound from the host into a /dev of the box's own.
         plan = {"root": str(self.root), "cwd": cwd, "argv": list(argv), "env": dict(env or {"PATH": ROOT_PATH}),
                 "user": [int(n) for n in user.split(":")] if user else None, "network": network,
                 "hostname": HOSTNAME, "devices": list(DEVICES), "limits": dict(limits or {}), "cgroups": list(cgroups)}
         return _enter(plan, self.dir, what=what, log=log, stream=stream, capture=capture, timeout=timeout,
-                      silence=silence, interactive=interactive, log_limit=log_limit)
+                      silence=silence, interactive=interactive, log_limit=log_limit,
+                      netns=self._outbound_netns() if outbound else None)
+
+    def _outbound_netns(self) -> Path:
+        """A network namespace of the box's own (bound to a file in the box's folder, so that it
+        goes with the box), its traffic carried out by pasta, which quits when it is gone."""
+        netns = self.dir / "netns"
+        if netns.exists():
+            return netns
+        if not shutil.which("pasta"):
+            raise InputError("network = true needs pasta", hint="apt-get install passt")
+        netns.touch()
+        self._stack.callback(netns.unlink, missing_ok=True)
+        run(["unshare", f"--net={netns}", "true"], what="making the build's network namespace")
+        self._stack.callback(_unmount, netns)
+        # -T/-U none: no port of the box's reaches the host's loopback; --no-map-gw: the gateway
+        # address is not the host. --runas 0: Debian 12's pasta would drop to nobody and fail.
+        run(["pasta", "--runas", "0", "-T", "none", "-U", "none", "--no-map-gw", "--config-net", "--quiet",
+             "--netns", netns, "--netns-only"], what="pasta for the build's network", capture=True)
+        return netns
 
     def describe(self) -> str:
         return f"{self.dir} (chroot {self.root}; upper layer {self.upper})"
@@ -209,7 +232,8 @@ def run_on_host(store: Store, argv: Sequence[str], *, writable: Path, at: str, u
 
 def _enter(plan: dict, private: Path, *, what: str, log: Path | None = None, stream: bool = False,
            capture: bool = False, timeout: float | None = None, silence: float | None = None,
-           interactive: bool = False, log_limit: int | None = None, timeout_key: str = "[limits] timeout") -> str:
+           interactive: bool = False, log_limit: int | None = None, timeout_key: str = "[limits] timeout",
+           netns: Path | None = None) -> str:
     """Run enter.py with plan as the first process of fresh namespaces (NAMESPACES, and a network
     namespace of its own unless the plan has the network)."""
     # The plan (the environment, secrets included, and the command) goes through a file only
@@ -220,7 +244,8 @@ def _enter(plan: dict, private: Path, *, what: str, log: Path | None = None, str
     with os.fdopen(fd, "w") as f:
         json.dump(plan, f)
     command = ["setpriv", "--pdeathsig", "KILL",   # the box dies with buildbox, even by SIGKILL
-               "unshare", *(f"--{ns}" for ns in NAMESPACES), *([] if plan["network"] else ["--net"]),
+               *(["nsenter", f"--net={netns}"] if netns else []),
+               "unshare", *(f"--{ns}" for ns in NAMESPACES), *([] if plan["network"] or netns else ["--net"]),
                "--fork", "--kill-child", "--propagation", "private",
                "--", sys.executable, "-I", str(ENTER), str(plan_file)]
     try:

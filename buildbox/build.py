@@ -82,7 +82,7 @@ def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, in
             try:
                 box.run(["sh", "-e", "-c", f". {SCRIPT}", recipe.name], what=f"the build of {recipe.name}",
                         user=user.spec, env=env, cwd=SRC, log=logfile, stream=stream,
-                        network=recipe.network, limits=rlimits, timeout=limits.timeout,
+                        network=recipe.network, outbound=recipe.network, limits=rlimits, timeout=limits.timeout,
                         silence=limits.silence, log_limit=limits.log, cgroups=group.procs if group else [])
             except BuildFailed as err:
                 failure = name_the_limit(err, recipe, group.hit() if group else None)

@@ -327,7 +327,7 @@ def cmd_shell(args: argparse.Namespace) -> int:
     with Box(planner.store, layers, label=f"shell-{recipe.name}", keep=args.keep) as box:
         status = box.run(["bash", "--norc", "--noprofile", "-i"], what=f"a shell in {recipe.name}",
                          user=None if args.root else BUILDER.spec, env=env,
-                         cwd=SRC if args.failed else env["HOME"], network=recipe.network,
+                         cwd=SRC if args.failed else env["HOME"], network=recipe.network, outbound=recipe.network,
                          limits=recipe.limits.rlimits(), interactive=True)
     return int(status)   # the shell's own exit status, as `ssh` and `machinectl shell` give it
 

@@ -399,7 +399,8 @@ def load_recipe(path: Path, *, locked: bool = True) -> Recipe:
     recipe = Recipe(path=path, name=name, base=base, install=install, build_deps=build_deps,
                     source=source, env=tuple(sorted(env.items())), script=script,
                     static=verify.get("static", False), verify_run=tuple(verify.get("run", [])),
-                    network=build.get("network", False), verify_timeout=verify_timeout, secret_env=tuple(sorted(set(secret_env))),
+                    network=build.get("network", False), verify_timeout=verify_timeout,
+                    secret_env=tuple(sorted(set(secret_env))),
                     limits=limits, unpack=unpack,
                     lines=(("packages", doc.line_of(("packages",))), ("source", doc.line_of(("source",))),
                            ("script", doc.line_of(("build",), "script"))))

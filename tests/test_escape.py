@@ -174,18 +174,32 @@ def test_every_way_out_of_the_box_is_refused_and_the_host_is_untouched(workspace
     assert "bind " not in (workspace.cache / "logs" / "escape" / "build.log").read_text()
 
 
-def test_a_recipe_can_ask_for_the_network_and_says_so(workspace: Workspace, tmp_path: Path,
-                                                     server: CountingServer) -> None:
-    recipe = shell_recipe(workspace, "online", 'bash -c "exec 3<>/dev/tcp/127.0.0.1/$PORT" && echo reached > "$OUT/net"')
-    recipe.write_text(recipe.read_text().replace("[build]\n", f'[build]\nnetwork = true\nenv = {{ PORT = "{server.port}" }}\n'))
-    workspace.buildbox("run", recipe, "-q")
+def test_a_network_build_reaches_out_but_not_the_hosts_loopback_or_abstract_sockets(
+        workspace: Workspace, tmp_path: Path, server: CountingServer) -> None:
+    abstract = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    name = f"buildbox-test-{os.getpid()}"
+    abstract.bind("\0" + name)
+    abstract.listen()
+    script = (f'getent hosts deb.debian.org > "$OUT/resolved"\n'
+              'bash -c "exec 3<>/dev/tcp/deb.debian.org/80" && echo reached > "$OUT/outbound"\n'
+              f'! bash -c "exec 3<>/dev/tcp/127.0.0.1/{server.port}"\n'
+              f"! perl -MSocket -e 'socket(my $s, AF_UNIX, SOCK_STREAM, 0) or exit 2; "
+              f'connect($s, pack_sockaddr_un("\\0{name}")) or exit 1\'\n')
+    recipe = shell_recipe(workspace, "online", script)
+    recipe.write_text(recipe.read_text().replace("[build]\n", "[build]\nnetwork = true\n"))
+    try:
+        workspace.buildbox("run", recipe, "-q")
+    finally:
+        abstract.close()
     log = (workspace.cache / "logs" / "online" / "build.log").read_text()
     assert "network: on for the build" in log
     assert "buildbox: bind /etc/resolv.conf" in log
     out = workspace.root / "out" / "online"
-    assert (out / "net").read_text() == "reached\n"
+    assert (out / "outbound").read_text() == "reached\n" and "deb.debian.org" in (out / "resolved").read_text()
     assert json.loads((out / "manifest.json").read_text())["isolation"]["network"] is True
-    assert server.connections == 1
+    assert server.connections == 0
+    assert subprocess.run(["pgrep", "-x", "pasta"], capture_output=True).returncode == 1, "pasta outlived the build"
+    assert mounts_under(workspace.cache) == []
 
 
 @pytest.mark.parametrize("limits,script,words", [
