@@ -35,6 +35,7 @@ NAMESPACES = ("mount", "uts", "ipc", "pid")
 # Part of every build's key: a change to what the box does makes every build run again.
 SANDBOX_VERSION = 3   # 3: the seccomp filter from libseccomp, with io_uring, AF_VSOCK, TIOCSTI refused
 KEPT = "kept"   # a box left with --keep, for the user: never reaped
+IMAGE = "disk.img"   # a box's disk, where its upper layer lives when [limits] disk bounds it
 
 
 def resolve_in_root(root: Path, path: str) -> Path:
@@ -73,8 +74,9 @@ class Box:
 
     def __init__(self, store: Store, layers: Sequence[Path], *, label: str,
                  upper: Path | None = None, keep: bool = False, log: Path | None = None,
-                 save_failed: Path | None = None) -> None:
+                 save_failed: Path | None = None, disk: int | None = None) -> None:
         self.store = store
+        self.disk = disk   # bytes the box may write: its upper layer on an ext4 image of that size
         self.save_failed = save_failed   # where the box's changes go if its block fails
         self._failed = False
         self.log = log
@@ -94,19 +96,44 @@ class Box:
         self.dir.mkdir(parents=True)
         self._stack.callback(self._remove)
         try:
-            for d in (self.upper, self.dir / "work", self.root):
+            work = self.dir / "work"
+            if self.disk:
+                work = self._mount_disk()
+            lowers = [self._mount_image(layer, index) if layer.is_file() else layer
+                      for index, layer in enumerate(self.layers)]
+            for d in (self.upper, work, self.root):
                 d.mkdir(exist_ok=True)
             # The upper layer's top is the box's /: its mode must not follow the host's umask.
             os.chmod(self.upper, 0o755)
-            lower = ":".join(str(p) for p in self.layers)
+            lower = ":".join(str(p) for p in lowers)
             # nosuid,nodev: a setuid file or a device node written into the box grants nothing.
             self._mount(["-t", "overlay", "overlay", "-o",
-                         f"nosuid,nodev,lowerdir={lower},upperdir={self.upper},workdir={self.dir / 'work'}"],
+                         f"nosuid,nodev,lowerdir={lower},upperdir={self.upper},workdir={work}"],
                         self.root, undo=not self.keep)
         except BaseException:
             self._stack.close()
             raise
         return self
+
+    def _mount_disk(self) -> Path:
+        """The upper layer on an ext4 image of `disk` bytes (sparse: it takes what is written), so
+        that a build fills its own disk and not the host's; returns the overlay's work directory."""
+        image, disk = self.dir / IMAGE, self.dir / "disk"
+        with open(image, "wb") as f:
+            f.truncate(self.disk)
+        run(["mkfs.ext4", "-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard", image],
+            what="making the box's disk", capture=True)
+        disk.mkdir()
+        self._mount(["-o", "loop,nosuid,nodev", str(image)], disk, undo=not self.keep)
+        self.upper = disk / "upper"
+        return disk / "work"
+
+    def _mount_image(self, image: Path, index: int) -> Path:
+        """A layer kept as a disk image (a failed build's box): mounted read-only, its upper/ the layer."""
+        place = self.dir / f"image{index}"
+        place.mkdir()
+        self._mount(["-o", "loop,ro,nosuid,nodev", str(image)], place, undo=not self.keep)
+        return place / "upper"
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         self._failed = exc_type is not None
@@ -193,9 +220,10 @@ class Box:
     def _remove(self) -> None:
         if self.keep:
             (self.dir / KEPT).touch()
+            mounted = " ".join(shlex.quote(str(p)) for p in (self.root, *([self.dir / "disk"] if self.disk else [])))
             log.say(f"buildbox: kept the box {self.label} at {self.root}: "
                     f"`chroot {shlex.quote(str(self.root))}` to look; "
-                    f"`umount {shlex.quote(str(self.root))} && rm -r {shlex.quote(str(self.dir))}` when done")
+                    f"`umount -R {mounted} && rm -r {shlex.quote(str(self.dir))}` when done")
             return
         left = mounts_under(self.dir)
         if left:
@@ -213,8 +241,13 @@ class Box:
         with self.store.lock(f"failed-{dest.name}"):
             remove_tree(dest)
             dest.mkdir(parents=True)
-            os.rename(self.upper, dest / "upper")
-            (dest / "failed.json").write_text(json.dumps({"layers": [str(p) for p in self.layers],
+            if self.disk:   # the whole disk image, unmounted by now: it stays within the same bound
+                os.rename(self.dir / IMAGE, dest / IMAGE)
+                top = dest / IMAGE
+            else:
+                os.rename(self.upper, dest / "upper")
+                top = dest / "upper"
+            (dest / "failed.json").write_text(json.dumps({"top": str(top), "layers": [str(p) for p in self.layers],
                                                           "when": time.time()}, indent=2) + "\n")
 
 

@@ -65,7 +65,7 @@ def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, in
     log.note(network)
     logfile.write_text(f"buildbox: {network}\n")
     with Box(store, layers, label=f"build-{recipe.name}", keep=keep, log=logfile,
-             save_failed=failed_box(store, recipe.name)) as box:
+             save_failed=failed_box(store, recipe.name), disk=recipe.limits.disk) as box:
         if recipe.network:
             box.bind(Path("/etc/resolv.conf").resolve(), "/etc/resolv.conf")
         if user != BUILDER:
@@ -125,6 +125,7 @@ def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, in
                       "namespaces": [*NAMESPACES, *([] if recipe.network else ["net"])],
                       "no_new_privs": True, "capabilities": [], "seccomp": True,
                       "limits": {**recipe.limits.rlimits(), "memory": recipe.limits.memory,
+                                 "disk": recipe.limits.disk,
                                  "timeout": recipe.limits.timeout,
                                  "silence": recipe.limits.silence, "log": recipe.limits.log}},
         "artifacts": {rel: {"sha256": digests[rel], "size": (files / rel).stat().st_size,
@@ -152,6 +153,7 @@ LIMIT_SIGNS = [
     ("Cannot fork", "processes", "processes"),
     ("fork: retry", "processes", "processes"),
     ("Too many open files", "files", "open files"),
+    ("No space left on device", "disk", "disk"),
 ]
 
 

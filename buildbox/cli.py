@@ -343,8 +343,9 @@ def _failed_layers(store, recipe) -> list[Path]:
         raise InputError(f"{recipe.name} has no failed build in {store.root}", where=str(recipe.path),
                          hint="a build that fails leaves its box for --failed; without it, "
                          f"`buildbox shell {recipe.path}` opens a fresh one") from None
-    layers = [saved / "upper", *map(Path, info["layers"])]
-    if not all(layer.is_dir() for layer in layers):
+    # The failed build's changes: its upper layer, or the disk image that holds it.
+    layers = [Path(info.get("top", saved / "upper")), *map(Path, info["layers"])]
+    if not all(layer.exists() for layer in layers):
         raise InputError(f"the layers under {recipe.name}'s failed box are gone (gc or clean removed them)",
                          where=str(recipe.path), hint=f"run `buildbox run {recipe.path}` again")
     minutes = (time.time() - info["when"]) / 60

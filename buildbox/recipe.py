@@ -121,6 +121,7 @@ class Limits:
     silence: int = 30 * 60        # seconds without output before the build is taken as hung
     log: int = 1 << 30            # bytes of the build's output kept in its log
     artifacts: int = 8 << 30      # bytes of artifacts (apparent sizes) the build may leave in $OUT
+    disk: int = 64 << 30          # bytes the build may write in its box
     address_space: int | None = None   # bytes of address space per process (none by default)
 
     def rlimits(self) -> dict[str, int]:
@@ -134,7 +135,8 @@ class Limits:
 
 
 LIMIT_KEYS = {"memory": "size", "processes": "count", "files": "count", "cpu": "time", "file-size": "size",
-              "timeout": "time", "silence": "time", "log": "size", "artifacts": "size", "address-space": "size"}
+              "timeout": "time", "silence": "time", "log": "size", "artifacts": "size", "address-space": "size",
+              "disk": "size"}
 UNPACK_KEYS = {"unpacked": "size", "members": "count"}
 
 

@@ -380,7 +380,7 @@ def fsync_dir(path: Path) -> None:
 
 
 def mounts_under(path: Path) -> list[str]:
-    """Mount points at or below path, deepest first (from /proc/self/mountinfo)."""
+    """Mount points at or below path, in the order to unmount them (from /proc/self/mountinfo)."""
     prefix = str(path)
     found = []
     with open("/proc/self/mountinfo") as info:
@@ -388,7 +388,9 @@ def mounts_under(path: Path) -> list[str]:
             target = line.split()[4].encode().decode("unicode_escape")
             if target == prefix or target.startswith(prefix + "/"):
                 found.append(target)
-    return sorted(found, key=len, reverse=True)
+    # Last mounted first: what was mounted on top of (or inside, or over) another goes before it
+    # (a box's overlay before the disk its upper layer lives on).
+    return found[::-1]
 
 
 def remove_tree(path: Path) -> None:

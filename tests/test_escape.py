@@ -356,3 +356,13 @@ def test_a_verify_command_past_its_timeout_fails_naming_it(workspace: Workspace)
     result = workspace.buildbox("run", recipe, "-q", check=1)
     assert "wall-clock limit ([verify] timeout = 2s)" in result.stderr.splitlines()[-1], result.stderr
     assert subprocess.run(["pgrep", "-f", "sleep 3608"], capture_output=True).returncode == 1
+
+
+def test_a_build_filling_its_disk_fails_naming_the_limit_and_keeps_within_it(workspace: Workspace) -> None:
+    recipe = shell_recipe(workspace, "filler", 'dd if=/dev/zero of="$HOME/big" bs=1M count=400')
+    recipe.write_text(recipe.read_text() + '[limits]\ndisk = "64M"\nfile-size = "1G"\n')
+    result = workspace.buildbox("run", recipe, "-q", check=1)
+    assert "hit its disk limit ([limits] disk = 67108864)" in result.stderr.splitlines()[-1], result.stderr[-2000:]
+    image = workspace.cache / "failed" / "filler" / "disk.img"
+    assert image.stat().st_size == 64 << 20 and image.stat().st_blocks * 512 <= 64 << 20
+    assert mounts_under(workspace.cache) == []

@@ -77,10 +77,11 @@ def test_keep_leaves_the_box_for_inspection_and_says_where(workspace: Workspace)
     result = workspace.buildbox("run", recipe, "--keep", "-q")
     kept = [line for line in result.stderr.splitlines() if "kept the box" in line]
     assert kept, result.stderr
-    box = next(Path(m) for m in mounts_under(workspace.cache))
+    box = next(Path(m) for m in mounts_under(workspace.cache) if m.endswith("/root"))
     try:
         assert (box / "home/builder/scratch").read_text() == "scratch\n"
         assert (box / "build/out/file").read_text() == "inside\n"
     finally:
         subprocess.run(["umount", box], check=True)
+        subprocess.run(["umount", box.parent / "disk"], check=True)   # its upper layer's disk
         shutil.rmtree(box.parent)

@@ -20,6 +20,16 @@ pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not shutil.which("tmux"), reason="needs tmux (apt-get install tmux)")]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def tmux_server() -> Iterator[None]:
+    """One tmux server for the module: a server that exits with its last session races the next
+    test's new-session ("server exited unexpectedly")."""
+    name = f"bbkeep{os.getpid()}"
+    subprocess.run(["tmux", "new-session", "-d", "-s", name, "sleep 3600"], check=True)
+    yield
+    subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
+
+
 def screen(session: str) -> str:
     return subprocess.run(["tmux", "capture-pane", "-t", session, "-p"], capture_output=True, text=True).stdout
 
