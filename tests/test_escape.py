@@ -366,3 +366,15 @@ def test_a_build_filling_its_disk_fails_naming_the_limit_and_keeps_within_it(wor
     image = workspace.cache / "failed" / "filler" / "disk.img"
     assert image.stat().st_size == 64 << 20 and image.stat().st_blocks * 512 <= 64 << 20
     assert mounts_under(workspace.cache) == []
+
+
+def test_control_sequences_a_build_prints_are_shown_not_obeyed_and_the_log_keeps_them(workspace: Workspace) -> None:
+    # Retitle the window, move the cursor, ring the bell, and a C1 CSI (U+009B) in UTF-8.
+    recipe = shell_recipe(workspace, "noisy", "printf 'title\\033]0;pwned\\007 up\\033[2A csi\\302\\2332J end\\n'\n"
+                                               'echo > "$OUT/x"')
+    result = workspace.buildbox("run", recipe)   # streamed: what a person at the terminal sees
+    shown = next(line for line in result.stderr.splitlines() if line.startswith("title"))
+    assert shown == "title^[]0;pwned^G up^[[2A csi\\x9b2J end"
+    assert "\x1b" not in result.stderr and "\x07" not in result.stderr and "\x9b" not in result.stderr
+    raw = (workspace.cache / "logs" / "noisy" / "build.log").read_bytes()
+    assert b"title\x1b]0;pwned\x07 up\x1b[2A csi\xc2\x9b2J end\n" in raw
