@@ -32,8 +32,6 @@ HOSTNAME = "buildbox"
 # Every command in a box gets its own mount, UTS, IPC and PID namespaces (its own /proc, its own
 # hostname, no host processes in sight), and its own network namespace unless it fetches.
 NAMESPACES = ("mount", "uts", "ipc", "pid")
-# Part of every build's key: a change to what the box does makes every build run again.
-SANDBOX_VERSION = 3   # 3: the seccomp filter from libseccomp, with io_uring, AF_VSOCK, TIOCSTI refused
 KEPT = "kept"   # a box left with --keep, for the user: never reaped
 IMAGE = "disk.img"   # a box's disk, where its upper layer lives when [limits] disk bounds it
 

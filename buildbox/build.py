@@ -120,6 +120,7 @@ def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, in
             "materials": inputs["materials"],
         },
         "key": inputs["key"],
+        "build_key": inputs["key"],   # the same on every machine that builds the recipe with its lock
         "inputs": {k: v for k, v in inputs.items() if k not in ("key", "materials")},
         "isolation": {"user": f"{user.name} ({user.spec})", "network": recipe.network,
                       "namespaces": [*NAMESPACES, *([] if recipe.network else ["net"])],

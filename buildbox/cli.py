@@ -48,6 +48,7 @@ def parser() -> argparse.ArgumentParser:
     lister.add_argument("recipes", nargs="*", type=Path, metavar="RECIPE",
                         help="recipe files (default: recipes/*.toml)")
     lister.add_argument("--out", type=Path, default=Path("out"))
+    lister.add_argument("--keys", action="store_true", help="print every stage's key: STAGE NAME KEY")
     common(lister)
 
     collector = commands.add_parser("gc", help="remove unreferenced and old cache entries")
@@ -197,6 +198,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     paths = args.recipes or find_recipes(Path("recipes"))
     recipes = _load(paths)
     planner = Planner(Store(args.cache), recipes, args.out)
+    if args.keys:
+        for recipe in recipes:
+            for stage, key in planner.stage_keys(recipe):
+                print(f"{stage} {recipe.name} {key or '(not resolved yet)'}")
+        return 0
     for recipe in recipes:
         size = ""
         try:

@@ -20,15 +20,8 @@ if TYPE_CHECKING:
 
 
 COPY_CHUNK = 1 << 20
-# Bump when what a stage puts in its entry changes, so that old entries are not taken for new ones.
+# The cache's layout, recorded in its marker (the keys' own format is keys.FORMAT).
 FORMAT = 3
-
-
-def content_key(kind: str, inputs: dict[str, Any]) -> str:
-    """The key of a stage: the sha256 of the canonical JSON of its inputs."""
-    blob = json.dumps({"format": FORMAT, "kind": kind, "inputs": inputs}, sort_keys=True,
-                      separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def file_sha256(path: Path) -> str:

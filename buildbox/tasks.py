@@ -18,12 +18,11 @@ from doit.doit_cmd import DoitMain
 from doit.exceptions import TaskFailed
 from doit.reporter import ConsoleReporter
 
-from buildbox import log
-from buildbox.base import BUILDER, EPOCH, make_base
-from buildbox.box import SANDBOX_VERSION
+from buildbox import keys, log
+from buildbox.base import make_base
 from buildbox.errors import BuildboxError, BuildFailed, InputError, Interrupted, os_failure
 from buildbox.recipe import Base, BootstrapSet, DebianSource, GitSource, Recipe, Set, TarballSet, UrlSource
-from buildbox.store import Store, content_key, read_meta, remove_tree, tree_sha256, write_meta
+from buildbox.store import Store, read_meta, remove_tree, tree_sha256, write_meta
 
 
 class Planner:
@@ -56,13 +55,7 @@ class Planner:
         return value
 
     def set_key(self, spec: Set, digest: str | None = None) -> str:
-        """A set's entry. A locked bootstrap (digest given) is its own entry, made only if
-        mmdebstrap still gives that digest; an unlocked one is whatever the first bootstrap gave."""
-        if isinstance(spec, TarballSet):
-            return spec.sha256
-        inputs = {"suite": spec.suite, "mirror": spec.mirror, "variant": spec.variant,
-                  "packages": list(spec.packages), "epoch": EPOCH}
-        return content_key("bootstrap", {**inputs, "sha256": digest} if digest else inputs)
+        return keys.set_key(spec, digest)
 
     def sets(self, recipe: Recipe) -> list[tuple[Set, str | None]]:
         """The recipe's sets, each with the digest its lock pins (None without a lock)."""
@@ -70,19 +63,12 @@ class Planner:
         return list(zip(recipe.base.sets, pinned))
 
     def base_key(self, recipe: Recipe) -> str:
-        return self._base_key([self.set_key(s, d) for s, d in self.sets(recipe)])
-
-    def _base_key(self, set_keys: list[str]) -> str:
-        return content_key("base", {"sets": set_keys, "user": dataclasses.asdict(BUILDER)})
+        return keys.base_key([keys.set_key(s, d) for s, d in self.sets(recipe)])
 
     def layer_key(self, recipe: Recipe) -> str:
         if recipe.lock:
-            return self._locked_layer_key(self.base_key(recipe), recipe.lock.pins["packages"])
-        return content_key("layer", {"base": self.base_key(recipe), "install": sorted(recipe.install),
-                                     "build-deps": sorted(recipe.build_deps)})
-
-    def _locked_layer_key(self, base_key: str, packages: dict[str, Any]) -> str:
-        return content_key("layer", {"base": base_key, "packages": packages})
+            return keys.layer_key(self.base_key(recipe), packages=recipe.lock.pins["packages"])
+        return keys.layer_key(self.base_key(recipe), install=recipe.install, build_deps=recipe.build_deps)
 
     def commit(self, recipe: Recipe) -> str | None:
         """The commit a git source's ref names now, or the one its lock pins (None for other sources)."""
@@ -96,19 +82,19 @@ class Planner:
                               lambda: resolve_git(self.store, self.lower_layers(recipe), source,
                                                   where=recipe.at("source")))
 
-    def source_key(self, recipe: Recipe) -> str:
+    def source_pin(self, recipe: Recipe) -> dict[str, str]:
+        """The source as its key knows it: the lock's pin, or what the recipe asks for now."""
         source = recipe.source
         if isinstance(source, UrlSource):
-            return content_key("source", {"url-sha256": source.sha256})
+            return {"url": source.url, "sha256": source.sha256}
         if isinstance(source, GitSource):
-            return content_key("source", {"git": source.url, "commit": self.commit(recipe)})
-        if recipe.lock:
-            return self._locked_source_key(recipe.lock.pins["source"])
-        # The version is the one the layer's package lists name, so the layer pins it.
-        return content_key("source", {"layer": self.layer_key(recipe), "debian": source.package})
+            return {"git": source.url, "commit": self.commit(recipe)}
+        return recipe.lock.pins["source"] if recipe.lock else {"debian": source.package}
 
-    def _locked_source_key(self, pin: dict[str, str]) -> str:
-        return content_key("source", pin)
+    def source_key(self, recipe: Recipe) -> str:
+        pin = self.source_pin(recipe)
+        # An unlocked Debian source: its version is the one the layer's package lists name.
+        return keys.source_key(pin, layer=None if "version" in pin or "debian" not in pin else self.layer_key(recipe))
 
     def pins(self, recipe: Recipe) -> dict[str, Any]:
         """What the build stands on, in the lock's form: the lock's own pins, or without a lock
@@ -123,15 +109,20 @@ class Planner:
                 "packages": read_meta(layer)["packages"], "source": read_meta(source)}
 
     def build_key(self, recipe: Recipe) -> str:
-        # Made of the pins, not of the stages' keys: a locked build and an unlocked one that
-        # resolved to the same sets, packages and source are one build.
-        return self._remember("build", recipe.name, lambda: content_key("build", {
-            "pins": self.pins(recipe), "user": dataclasses.asdict(BUILDER), "script": recipe.script,
-            "env": [list(kv) for kv in recipe.env], "static": recipe.static,
-            "verify": list(recipe.verify_run), "network": recipe.network,
-            "limits": dataclasses.asdict(recipe.limits), "sandbox": SANDBOX_VERSION,
-            # The secrets' names, never their values: a new token is not a new build.
-            **({"secret-env": list(recipe.secret_env)} if recipe.secret_env else {})}))
+        return self._remember("build", recipe.name, lambda: keys.build_key(self.pins(recipe), recipe))
+
+    def stage_keys(self, recipe: Recipe) -> Iterator[tuple[str, str | None]]:
+        """Every stage's key for the recipe, in pipeline order (`buildbox list --keys`); None for
+        one that stands on what is not resolved yet."""
+        stages: list[tuple[str, Callable[[], str]]] = [
+            *((f"set{i + 1}", lambda s=s, d=d: keys.set_key(s, d)) for i, (s, d) in enumerate(self.sets(recipe))),
+            ("base", lambda: self.base_key(recipe)), ("layer", lambda: self.layer_key(recipe)),
+            ("source", lambda: self.source_key(recipe)), ("build", lambda: self.build_key(recipe))]
+        for stage, compute in stages:
+            try:
+                yield stage, compute()
+            except BuildboxError:
+                yield stage, None
 
     # -- paths ------------------------------------------------------------------------------
     def set_kind(self, spec: Set) -> str:
@@ -199,7 +190,7 @@ class Planner:
         """The base: an overlay layer over its leading bootstrap sets (nothing of them copied),
         holding the sets after them and buildbox's own /etc, /dev and build user."""
         from buildbox.box import Box
-        key = self._base_key([self.set_key(s, d) for s, d in sets])
+        key = keys.base_key([keys.set_key(s, d) for s, d in sets])
         under = self._under_base(sets)
         rest = [(f"{s.where}: set {i + 1}", self.set_path(s, d)) for i, (s, d) in enumerate(sets)][len(under):]
 
@@ -293,7 +284,7 @@ class Planner:
 
         def install(tmp: Path) -> str:
             self._install(recipe, tmp, base)
-            return self._locked_layer_key(base_key, read_meta(tmp)["packages"])
+            return keys.layer_key(base_key, packages=read_meta(tmp)["packages"])
         layer = self.store.entry("layers", self.store.add("layers", install))
         packages = read_meta(layer)["packages"]
         layers = [layer / "root", *base]
@@ -306,7 +297,7 @@ class Planner:
         else:
             def fetch(tmp: Path) -> str:
                 self._fetch(recipe, tmp, layers)
-                return self._locked_source_key(read_meta(tmp))
+                return keys.source_key(read_meta(tmp))
             pin = read_meta(self.store.entry("sources", self.store.add("sources", fetch)))
         return {"sets": [self.set_digest(s, d) for s, d in sets], "packages": packages, "source": pin}
 

@@ -183,3 +183,12 @@ def test_ctrl_c_while_out_is_installed_exits_130_and_leaves_the_old_out_whole(wo
     assert (out / "interrupted" / "big").stat().st_size == 400000000
     assert sorted(p.name for p in out.iterdir()) == ["interrupted"]
     assert mounts_under(workspace.cache) == []
+
+
+def test_the_manifest_carries_the_build_key_that_list_keys_prints(workspace: Workspace) -> None:
+    recipe = shell_recipe(workspace, "keyed", 'echo > "$OUT/x"')
+    workspace.buildbox("run", recipe, "-q")
+    manifest = json.loads((workspace.root / "out" / "keyed" / "manifest.json").read_text())
+    listed = dict(line.split(" keyed ") for line in workspace.buildbox("list", "--keys", recipe).stdout.splitlines())
+    assert manifest["build_key"] == listed["build"] == manifest["key"]
+    assert set(listed) == {"set1", "base", "layer", "source", "build"}

@@ -16,7 +16,8 @@ from buildbox.elf import loader_dirs, read_elf, resolve_needed
 from buildbox.errors import BuildFailed, InputError
 from buildbox.recipe import UnpackLimits
 from buildbox.sets import extract, fetch_verified
-from buildbox.store import Store, content_key, tree_sha256
+from buildbox.keys import content_key
+from buildbox.store import Store, tree_sha256
 
 
 def test_content_keys_ignore_dict_order_and_change_with_any_input() -> None:
