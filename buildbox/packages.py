@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -96,14 +97,16 @@ def _index_sha256(lists: Path) -> dict[tuple[str, str, str], str]:
     found = {}
     for index in sorted(lists.glob("*_Packages")):
         record: dict[str, str] = {}
-        for line in [*index.read_text(errors="replace").splitlines(), ""]:
-            if not line:
-                if {"Package", "Version", "Architecture", "SHA256"} <= set(record):
-                    found[(record["Package"], record["Version"], record["Architecture"])] = record["SHA256"]
-                record = {}
-            elif not line[0].isspace() and ":" in line:
-                key, _, value = line.partition(":")
-                record[key] = value.strip()
+        # Line by line: an index is tens of MB, read whole it took buildbox past 400 MB.
+        with open(index, errors="replace") as lines:
+            for line in itertools.chain((line.rstrip("\n") for line in lines), [""]):
+                if not line:
+                    if {"Package", "Version", "Architecture", "SHA256"} <= set(record):
+                        found[(record["Package"], record["Version"], record["Architecture"])] = record["SHA256"]
+                    record = {}
+                elif not line[0].isspace() and ":" in line:
+                    key, _, value = line.partition(":")
+                    record[key] = value.strip()
     return found
 
 
