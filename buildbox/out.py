@@ -17,11 +17,10 @@ from typing import Any
 
 from buildbox.errors import BuildFailed, InputError
 from buildbox.process import stop_if_interrupted
-from buildbox.store import copy_sparse, fsync_dir, remove_tree, write_atomically
+from buildbox.store import copy_sparse, file_sha256, fsync_dir, remove_tree, write_atomically
 
 MANIFEST = "manifest.json"
 AT_FDCWD, RENAME_EXCHANGE = -100, 2
-CHUNK = 1 << 20
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -98,7 +97,7 @@ def is_current(dest: Path, key: str, stamps: Path) -> bool:
         try:
             if known.get(rel) == _stamp(dest / rel):
                 continue
-            if _sha256(dest / rel) != fact["sha256"]:
+            if file_sha256(dest / rel) != fact["sha256"]:
                 return False
         except OSError:
             return False
@@ -134,14 +133,6 @@ def _copy_checked(entry: Path, rel: str, into: Path, sha256: str) -> str:
                            f"{digest.hexdigest()}, its manifest says {sha256}")
     shutil.copystat(source, dest)
     return sha256
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _stamp(path: Path) -> list[int]:
