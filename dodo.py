@@ -6,7 +6,8 @@ from pathlib import Path
 
 from buildbox import log
 from buildbox.errors import BuildboxError
-from buildbox.recipe import find_recipes, load_recipe
+from buildbox.lock import load_recipe
+from buildbox.recipe import find_recipes
 from buildbox.store import Store, default_cache
 from buildbox.tasks import Planner
 

@@ -25,11 +25,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from buildbox import log  # noqa: E402
-from buildbox.base import BUILDER  # noqa: E402
+from buildbox.constants import BUILDER  # noqa: E402
 from buildbox.box import Box  # noqa: E402
 from buildbox.build import check_in_box, verify_on_host  # noqa: E402
-from buildbox.recipe import load_recipe  # noqa: E402
-from buildbox.base import EPOCH  # noqa: E402
+from buildbox.lock import load_recipe  # noqa: E402
+from buildbox.constants import EPOCH  # noqa: E402
 from buildbox.store import Store, tree_size  # noqa: E402
 from buildbox.tasks import Planner  # noqa: E402
 

@@ -4,52 +4,17 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from buildbox.constants import BUILD_DIR, BUILDER, OUT, BuildUser
 from buildbox.inroot import Root
 
 if TYPE_CHECKING:
     from buildbox.recipe import UnpackLimits
 
 
-BUILD_DIR = "/build"
-SRC = f"{BUILD_DIR}/src"        # the source tree the build runs in
-OUT = f"{BUILD_DIR}/out"        # $OUT: what the build leaves here is copied out
-# The one fixed time of buildbox: SOURCE_DATE_EPOCH of bootstraps and builds, the artifacts' mtime.
-EPOCH = 1700000000
 HOSTS = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\tbuildbox\n"
-# Nodes a build needs and nothing else: no disks, no consoles, no host ttys.
-DEVICES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9),
-           "tty": (5, 0)}
-
-
-@dataclass(frozen=True)
-class BuildUser:
-    name: str
-    uid: int
-    gid: int
-
-    @property
-    def home(self) -> str:
-        return f"/home/{self.name}"
-
-    @property
-    def spec(self) -> str:
-        return f"{self.uid}:{self.gid}"
-
-    @property
-    def path(self) -> str:
-        return f"{self.home}/bin:/usr/local/bin:/usr/bin:/bin"
-
-    def login_env(self) -> dict[str, str]:
-        """The environment of a login as this user: what a doas `setenv` rule gives on OpenBSD."""
-        return {"HOME": self.home, "USER": self.name, "LOGNAME": self.name, "PATH": self.path,
-                "SHELL": "/bin/sh", "LANG": "C.UTF-8", "TZ": "UTC"}
-
-
-BUILDER = BuildUser("builder", 1000, 1000)
 
 
 def make_base(root: Path, sets: list[tuple[str, Path]], limits: UnpackLimits, user: BuildUser = BUILDER) -> None:
@@ -92,16 +57,8 @@ def _write_etc(tree: Root) -> None:
 
 
 def _make_dev(tree: Root) -> None:
+    # Only the mount point: every box mounts a /dev of its own over it (enter.py's make_dev).
     tree.makedirs("/dev", replace=True)
-    for name, (major, minor) in DEVICES.items():
-        tree.mknod(f"/dev/{name}", 0o666 | stat.S_IFCHR, os.makedev(major, minor))
-    # Not nodes but links into /proc (mounted for every build): shells need /dev/fd.
-    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
-                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
-        tree.symlink(target, f"/dev/{name}")
-    for name in ("pts", "shm"):
-        tree.makedirs(f"/dev/{name}", replace=True)
-    tree.set("/dev/shm", mode=0o1777)
 
 
 def _add_user(tree: Root, user: BuildUser) -> None:

@@ -19,11 +19,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from buildbox import log
-from buildbox.base import DEVICES
 from buildbox.errors import BuildFailed, InputError
 from buildbox.inroot import Root
 from buildbox.process import run
 from buildbox.store import Store, mounts_under, remove_tree
+
+# The device nodes a build needs and nothing else (no disks, no consoles, no host ttys): bound
+# from the host into the tmpfs /dev each box gets of its own.
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 
 ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MAX_SYMLINKS = 40
@@ -186,7 +189,6 @@ class Box:
         content), or with outbound, a network namespace of the box's own whose traffic pasta
         carries out (a build's `network = true`: the host's loopback, its abstract sockets and
         its gateway stay out of reach)."""
-        # devices: the base's few nodes, bound from the host into a /dev of the box's own.
         plan = {"root": str(self.root), "cwd": cwd, "argv": list(argv), "env": dict(env or {"PATH": ROOT_PATH}),
                 "user": [int(n) for n in user.split(":")] if user else None, "network": network,
                 "hostname": HOSTNAME, "devices": list(DEVICES), "limits": dict(limits or {}), "cgroups": list(cgroups)}
@@ -211,9 +213,6 @@ class Box:
         run(["pasta", "--runas", "0", "-T", "none", "-U", "none", "--no-map-gw", "--config-net", "--quiet",
              "--netns", netns, "--netns-only"], what="pasta for the build's network", capture=True)
         return netns
-
-    def describe(self) -> str:
-        return f"{self.dir} (chroot {self.root}; upper layer {self.upper})"
 
     def _remove(self) -> None:
         if self.keep:

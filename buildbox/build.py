@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from buildbox import __version__, log
-from buildbox.base import BUILDER, EPOCH, OUT, SRC, BuildUser, renumber_user
+from buildbox.base import renumber_user
+from buildbox.constants import BUILDER, EPOCH, OUT, SRC, BuildUser
 from buildbox.box import NAMESPACES, Box, resolve_in_root, run_on_host
 from buildbox.cgroup import Cgroup
 from buildbox.errors import BuildFailed, InputError
@@ -63,7 +64,8 @@ def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, in
     network = ("network: on for the build ([build] network = true)" if recipe.network
                else "network: off for the build (loopback only)")
     log.note(network)
-    logfile.write_text(f"buildbox: {network}\n")
+    with open(logfile, "a") as f:
+        f.write(f"buildbox: {network}\n")
     with Box(store, layers, label=f"build-{recipe.name}", keep=keep, log=logfile,
              save_failed=failed_box(store, recipe.name), disk=recipe.limits.disk) as box:
         if recipe.network:

@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _load(paths: list[Path], *, locked: bool = True):
-    from buildbox.recipe import load_recipe
+    from buildbox.lock import load_recipe
     recipes = [load_recipe(p, locked=locked) for p in paths]
     names: dict[str, Path] = {}
     for recipe in recipes:
@@ -162,8 +162,8 @@ def cmd_lock(args: argparse.Namespace) -> int:
 
 def _relock(store, recipes: list) -> list:
     """Lock each recipe afresh, say what changed, and return the recipes read again, locked."""
-    from buildbox.lock import describe_source, relock
-    from buildbox.recipe import load_recipe
+    from buildbox.lock import describe_source, load_recipe
+    from buildbox.tasks import relock
     for path, pins, changed in relock(store, recipes):
         if changed is None:
             print(f"lock: wrote {path}: {len(pins['sets'])} set(s), {len(pins['packages'])} packages, "
@@ -190,21 +190,24 @@ def _stop_on_signals() -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    """Read-only and offline: no mount, no network, no lock; an unlocked ref is taken at the
+    commit the last run resolved it to, and said so."""
+    import time
     from buildbox.out import is_current
-    from buildbox.recipe import find_recipes
+    from buildbox.recipe import GitSource, find_recipes
     from buildbox.store import KINDS, Store, tree_size
     from buildbox.tasks import Planner
 
     paths = args.recipes or find_recipes(Path("recipes"))
     recipes = _load(paths)
-    planner = Planner(Store(args.cache), recipes, args.out)
+    planner = Planner(Store(args.cache, read_only=True), recipes, args.out, offline=True)
     if args.keys:
         for recipe in recipes:
             for stage, key in planner.stage_keys(recipe):
                 print(f"{stage} {recipe.name} {key or '(not resolved yet)'}")
         return 0
     for recipe in recipes:
-        size = ""
+        size, why = "", None
         try:
             key = planner.build_key(recipe)
             if is_current(planner.out_dir(recipe), key, planner.stamps(recipe)):
@@ -212,13 +215,21 @@ def cmd_list(args: argparse.Namespace) -> int:
             elif planner.store.has("builds", key):
                 state = "built (in the cache, not in out/)"
             else:
-                state = "needs a build"
+                state, why = "needs a build", planner.stale(recipe)
             if planner.store.has("builds", key):
                 size = _human(tree_size(planner.store.entry("builds", key)))
         except BuildboxError:
-            state = "needs a build (not resolved yet)"
+            state, why = "needs a build (not resolved yet)", planner.stale(recipe)
         locked = f" (locked: {recipe.lock.path.name})" if recipe.lock else ""
         print(f"{recipe.name:24} {state:36} {size:>9}  {recipe.path}{locked}")
+        last = planner.store.last_run(recipe.name).get("git", {})
+        if isinstance(recipe.source, GitSource) and not recipe.lock and last.get("ref") == recipe.source.ref:
+            age = time.time() - last["when"]
+            ago = f"{age / 60:.0f} min" if age < 7200 else f"{age / 3600:.0f} h"
+            print(f"    ref {recipe.source.ref} taken at {last['commit'][:12]}, as resolved {ago} ago: "
+                  "it may have moved since (`buildbox run` resolves it again; a lock pins it)")
+        if why:
+            print(f"    why: {why}")
     if planner.store.root.is_dir():
         sizes = {kind: tree_size(planner.store.root / kind) for kind in (*KINDS, "debs")}
         print("cache: " + ", ".join(f"{kind} {_human(size)}" for kind, size in sizes.items() if size)
@@ -308,7 +319,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_shell(args: argparse.Namespace) -> int:
     """Packages installed and source in place, as for the build (or as a failed build left
     them, with --failed); the shell's exit is ours."""
-    from buildbox.base import BUILDER, SRC
+    from buildbox.constants import BUILDER, SRC
     from buildbox.box import Box
     from buildbox.build import build_env
     from buildbox.store import Store
@@ -322,7 +333,7 @@ def cmd_shell(args: argparse.Namespace) -> int:
         layers = _failed_layers(planner.store, recipe)
     else:
         planner.run(stage="source")
-        layers = [planner.store.entry("sources", planner.source_key(recipe)), *planner.lower_layers(recipe)]
+        layers = planner.build_layers(recipe)
     env = build_env(recipe)
     env.update({"PS1": f"{recipe.name}:\\w \\$ ", "TERM": os.environ.get("TERM", "xterm")})
     if args.root:

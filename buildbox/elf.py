@@ -13,8 +13,6 @@ from typing import BinaryIO
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-DF_1_PIE = 0x08000000
-
 
 @dataclass(frozen=True)
 class ElfInfo:
@@ -25,7 +23,6 @@ class ElfInfo:
     needed: tuple[str, ...]
     rpath: tuple[str, ...]
     runpath: tuple[str, ...]
-    pie: bool
 
     @property
     def static(self) -> bool:
@@ -73,7 +70,6 @@ def _read_elf(path: Path) -> ElfInfo:
         needed: list[str] = []
         rpath: list[str] = []
         runpath: list[str] = []
-        pie = False
         for segment in elf.iter_segments():
             kind = segment.header.p_type
             if kind == "PT_INTERP":
@@ -86,10 +82,8 @@ def _read_elf(path: Path) -> ElfInfo:
                         rpath += tag.rpath.split(":")
                     elif tag.entry.d_tag == "DT_RUNPATH":
                         runpath += tag.runpath.split(":")
-                    elif tag.entry.d_tag == "DT_FLAGS_1":
-                        pie = bool(tag.entry.d_val & DF_1_PIE)
         return ElfInfo(path, elf.elfclass, elf["e_machine"], interpreter, tuple(needed), tuple(rpath),
-                       tuple(runpath), pie)
+                       tuple(runpath))
 
 
 def loader_dirs(root: Path = Path("/")) -> list[Path]:

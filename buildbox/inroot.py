@@ -152,19 +152,6 @@ class Root:
         finally:
             os.close(dirfd)
 
-    def mknod(self, path: str, mode: int, device: int) -> None:
-        dirfd, name = self.parent(path)
-        try:
-            _remove_entry(dirfd, name)
-            os.mknod(name, mode, device, dir_fd=dirfd)
-            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
-        finally:
-            os.close(dirfd)
-        try:
-            os.chmod(f"/proc/self/fd/{fd}", stat.S_IMODE(mode))   # a node is not opened to be chmodded
-        finally:
-            os.close(fd)
-
     def remove(self, path: str) -> None:
         """Remove a file or link (or an empty directory), if there is one."""
         dirfd, name = self.parent(path)

@@ -14,8 +14,8 @@ import hashlib
 import json
 from typing import Any
 
-from buildbox.base import BUILDER, EPOCH
-from buildbox.recipe import Recipe, Set, TarballSet
+from buildbox.constants import BUILDER, EPOCH
+from buildbox.recipe import BootstrapSet, Recipe, Set, TarballSet
 
 # Bump on purpose when a key document changes shape: every cache entry is then made again once.
 FORMAT = 4
@@ -23,40 +23,64 @@ FORMAT = 4
 SANDBOX_VERSION = 3   # 3: the seccomp filter from libseccomp, with io_uring, AF_VSOCK, TIOCSTI refused
 
 
-def content_key(kind: str, inputs: dict[str, Any]) -> str:
+def document(kind: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    """A stage's key document: what it stands on, with the key format; kept beside its entry as
+    inputs.json, so that the next run can say what changed."""
+    return {"format": FORMAT, "kind": kind, "inputs": inputs}
+
+
+def key(doc: dict[str, Any]) -> str:
     """The key of a stage: the sha256 of the canonical JSON of its key document."""
-    blob = json.dumps({"format": FORMAT, "kind": kind, "inputs": inputs}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def content_key(kind: str, inputs: dict[str, Any]) -> str:
+    return key(document(kind, inputs))
+
+
+def set_document(spec: BootstrapSet, digest: str | None = None) -> dict[str, Any]:
+    """A bootstrap's parameters, and the digest its lock pins (a locked bootstrap is its own
+    entry, made only if mmdebstrap still gives that digest)."""
+    inputs = {"suite": spec.suite, "mirror": spec.mirror, "variant": spec.variant,
+              "packages": list(spec.packages), "epoch": EPOCH}
+    return document("bootstrap", {**inputs, "sha256": digest} if digest else inputs)
 
 
 def set_key(spec: Set, digest: str | None = None) -> str:
-    """A set's entry: a tarball's sha256; a bootstrap's parameters, and the digest its lock pins
-    (a locked bootstrap is its own entry, made only if mmdebstrap still gives that digest)."""
-    if isinstance(spec, TarballSet):
-        return spec.sha256
-    inputs = {"suite": spec.suite, "mirror": spec.mirror, "variant": spec.variant,
-              "packages": list(spec.packages), "epoch": EPOCH}
-    return content_key("bootstrap", {**inputs, "sha256": digest} if digest else inputs)
+    """A set's entry: a tarball's sha256 (its download is filed by it); a bootstrap's document's key."""
+    return spec.sha256 if isinstance(spec, TarballSet) else key(set_document(spec, digest))
+
+
+def base_document(set_keys: list[str]) -> dict[str, Any]:
+    return document("base", {"sets": set_keys, "user": dataclasses.asdict(BUILDER)})
 
 
 def base_key(set_keys: list[str]) -> str:
-    return content_key("base", {"sets": set_keys, "user": dataclasses.asdict(BUILDER)})
+    return key(base_document(set_keys))
 
 
-def layer_key(base: str, *, install: tuple[str, ...] = (), build_deps: tuple[str, ...] = (),
-              packages: dict[str, Any] | None = None) -> str:
+def layer_document(base: str, *, install: tuple[str, ...] = (), build_deps: tuple[str, ...] = (),
+                   packages: dict[str, Any] | None = None) -> dict[str, Any]:
     """A package layer: its base and the packages asked for, or (locked) every pinned package."""
     if packages is not None:
-        return content_key("layer", {"base": base, "packages": packages})
-    return content_key("layer", {"base": base, "install": sorted(install), "build-deps": sorted(build_deps)})
+        return document("layer", {"base": base, "packages": packages})
+    return document("layer", {"base": base, "install": sorted(install), "build-deps": sorted(build_deps)})
 
 
-def source_key(pin: dict[str, str], *, layer: str | None = None) -> str:
+def layer_key(base: str, **asked: Any) -> str:
+    return key(layer_document(base, **asked))
+
+
+def source_document(pin: dict[str, str], *, layer: str | None = None) -> dict[str, Any]:
     """A source tree: a git commit, a tarball's sha256, a Debian source's version and .dsc sha256;
     or, for an unlocked Debian source, its package name over the layer whose lists name its version."""
     if "debian" in pin and "version" not in pin:
-        return content_key("source", {"layer": layer, "debian": pin["debian"]})
-    return content_key("source", portable_source(pin))
+        return document("source", {"layer": layer, "debian": pin["debian"]})
+    return document("source", portable_source(pin))
+
+
+def source_key(pin: dict[str, str], *, layer: str | None = None) -> str:
+    return key(source_document(pin, layer=layer))
 
 
 def portable_source(pin: dict[str, str]) -> dict[str, str]:
@@ -71,15 +95,87 @@ def portable_source(pin: dict[str, str]) -> dict[str, str]:
 def build_document(pins: dict[str, Any], recipe: Recipe) -> dict[str, Any]:
     """What a build stands on: the pins (not the stages' keys: a locked build and an unlocked one
     that resolved to the same sets, packages and source are one build) and the recipe's build."""
-    return {
+    return document("build", {
         "pins": {"sets": list(pins["sets"]), "packages": pins["packages"], "source": portable_source(pins["source"])},
         "user": dataclasses.asdict(BUILDER), "script": recipe.script, "env": [list(kv) for kv in recipe.env],
         "static": recipe.static, "verify": list(recipe.verify_run), "network": recipe.network,
         "limits": dataclasses.asdict(recipe.limits), "sandbox": SANDBOX_VERSION,
         # The secrets' names, never their values: a new token is not a new build.
         **({"secret-env": list(recipe.secret_env)} if recipe.secret_env else {}),
-    }
+    })
 
 
 def build_key(pins: dict[str, Any], recipe: Recipe) -> str:
-    return content_key("build", build_document(pins, recipe))
+    return key(build_document(pins, recipe))
+
+
+# -- why a stage runs again ---------------------------------------------------------------------
+# The words of the reasons are fixed (README, "Why it rebuilt"): scripts and people grep them.
+WORDS = {"script": "script changed", "env": "env changed", "limits": "limits changed",
+         "network": "network changed", "verify": "verify commands changed", "static": "static changed",
+         "secret-env": "secret-env changed", "user": "build user changed", "sandbox": "buildbox's sandbox changed",
+         "base": "base changed", "layer": "layer changed", "install": "install changed",
+         "build-deps": "build-deps changed", "suite": "suite changed", "mirror": "mirror changed",
+         "variant": "variant changed", "epoch": "epoch changed", "sha256": "pinned sha256 changed"}
+
+
+def reasons(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Why a stage whose key document was old is made again with new: one phrase per difference."""
+    if old.get("format") != new.get("format") or old.get("kind") != new.get("kind"):
+        return [f"key format {old.get('format')} -> {new.get('format')}"]
+    before, after = old.get("inputs", {}), new.get("inputs", {})
+    if "pins" in after:   # a build: its pins first, then the recipe's fields
+        found = _pin_reasons(before.get("pins", {}), after["pins"])
+        before = {k: v for k, v in before.items() if k != "pins"}
+        after = {k: v for k, v in after.items() if k != "pins"}
+    else:
+        found = _pin_reasons({k: before.get(k) for k in ("sets", "packages") if k in before},
+                             {k: after[k] for k in ("sets", "packages") if k in after})
+        before = {k: v for k, v in before.items() if k not in ("sets", "packages")}
+        after = {k: v for k, v in after.items() if k not in ("sets", "packages")}
+    if after.keys() >= {"commit"} or after.keys() >= {"url-sha256"} or "version" in after:
+        found += _source_reasons(before, after)
+        return found
+    for name in sorted(set(before) | set(after)):
+        if before.get(name) != after.get(name):
+            found.append(WORDS.get(name, f"{name} changed"))
+    return found
+
+
+def _pin_reasons(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    found = []
+    old_sets, new_sets = before.get("sets") or [], after.get("sets") or []
+    for index in range(max(len(old_sets), len(new_sets))):
+        if old_sets[index:index + 1] != new_sets[index:index + 1]:
+            found.append(f"set {index + 1} changed")
+    old, new = before.get("packages") or {}, after.get("packages") or {}
+    if isinstance(old, list) or isinstance(new, list):   # a bootstrap's extra packages: names only
+        return found + (["packages changed"] if old != new else [])
+    for name in sorted(set(old) | set(new)):
+        if name not in old:
+            found.append(f"package {name} added {new[name]['version']}")
+        elif name not in new:
+            found.append(f"package {name} removed (was {old[name]['version']})")
+        elif old[name] != new[name]:
+            if old[name].get("version") == new[name].get("version"):
+                found.append(f"package {name} {new[name]['version']} rebuilt (its .deb sha256 changed)")
+            else:
+                found.append(f"package {name} {old[name]['version']} -> {new[name]['version']}")
+    if "source" in after and before.get("source") != after["source"]:
+        found += _source_reasons(before.get("source") or {}, after["source"])
+    return found
+
+
+def _source_reasons(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    if before == after:
+        return []
+    if "commit" in after:
+        was = f" (was {before['commit'][:7]})" if "commit" in before else ""
+        return [f"commit {after['commit'][:7]}{was}"]
+    if "url-sha256" in after:
+        was = f" (was {before['url-sha256'][:12]})" if "url-sha256" in before else ""
+        return [f"tarball sha256 {after['url-sha256'][:12]}{was}"]
+    if "version" in after:
+        was = f" (was {before['version']})" if "version" in before else ""
+        return [f"debian source {after.get('debian')} {after['version']}{was}"]
+    return ["source changed"]

@@ -10,16 +10,16 @@ and an unlocked one that resolved to the same pins are the same build.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import tomlkit
 
 from buildbox.errors import InputError
-from buildbox.recipe import SHA256_RE, DebianSource, GitSource, Recipe, TarballSet, _Doc, list_of_tables
-from buildbox.store import Store, write_atomically
+from buildbox.recipe import (SHA256_RE, DebianSource, Doc, GitSource, Lock, Recipe, TarballSet, list_of_tables,
+                             read_recipe)
+from buildbox.store import write_atomically
 
 LOCK_FORMAT = 1
 HEADER = """\
@@ -31,14 +31,11 @@ SOURCE_KEYS = {"git": ("git", "commit"), "url": ("url", "sha256"),
                "debian": ("debian", "version", "dsc", "dsc-sha256")}
 
 
-@dataclass(frozen=True)
-class Lock:
-    path: Path
-    pins: dict[str, Any] = field(compare=False)
-    lines: dict[str, int] = field(compare=False)   # "set.N", "source", package name -> line
-
-    def at(self, what: str) -> str:
-        return f"{self.path}:{self.lines.get(what, 1)}"
+def load_recipe(path: Path, *, locked: bool = True) -> Recipe:
+    """Read and check one recipe file, and its lock if it has one (unless not `locked`: for
+    re-locking, when the old lock may no longer fit)."""
+    recipe = read_recipe(path)
+    return dataclasses.replace(recipe, lock=read_lock(recipe)) if locked else recipe
 
 
 def lock_path(recipe_path: Path) -> Path:
@@ -63,7 +60,7 @@ def read_lock(recipe: Recipe) -> Lock | None:
     path = lock_path(recipe.path)
     if not path.exists():
         return None
-    doc = _Doc(path)
+    doc = Doc(path)
     data = doc.data
     relock = f"run `buildbox lock {recipe.path}` to rewrite it"
     doc.check_keys(data, (), {"format": int, "recipe": str, "request": dict, "set": list_of_tables, "source": dict,
@@ -153,20 +150,6 @@ def write_lock(recipe: Recipe, pins: dict[str, Any]) -> list[str]:
             table[name] = item
     write_atomically(path, tomlkit.dumps(doc))
     return changes(before, pins)
-
-
-def relock(store: Store, recipes: list[Recipe]) -> Iterator[tuple[Path, dict[str, Any], list[str] | None]]:
-    """Resolve each recipe afresh and write its lock; yield its path, pins and what changed
-    (None for a lock that did not exist)."""
-    from buildbox.tasks import Planner
-    planner = Planner(store, recipes, Path("out"), stream=False)
-    planner.reap()
-    with store.in_use():
-        for recipe in recipes:
-            existed = lock_path(recipe.path).exists()
-            pins = planner.resolve(recipe)
-            changed = write_lock(recipe, pins)
-            yield lock_path(recipe.path), pins, changed if existed else None
 
 
 def _update(table: Any, values: dict[str, Any]) -> None:

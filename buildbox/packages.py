@@ -13,7 +13,7 @@ from buildbox.errors import BuildFailed, BuildboxError, InputError
 from buildbox.store import Store, file_sha256, write_meta
 
 if TYPE_CHECKING:
-    from buildbox.lock import Lock
+    from buildbox.recipe import Lock
 
 APT_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive",
            "LANG": "C.UTF-8"}

@@ -6,22 +6,18 @@ line that names the file, the line and what to write instead.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, Union
+from typing import Any, NoReturn, Union
 from urllib.parse import urlparse
 
 import tomlkit
 import tomlkit.exceptions
 
 from buildbox.errors import InputError
-
-if TYPE_CHECKING:
-    from buildbox.lock import Lock
 
 DEFAULT_BASE = "debian-bookworm"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
@@ -141,6 +137,18 @@ UNPACK_KEYS = {"unpacked": "size", "members": "count"}
 
 
 @dataclass(frozen=True)
+class Lock:
+    """A recipe's lock as lock.py read it: the pins, in the one form the keys take them (lock.py's
+    docstring), and the line of each for errors."""
+    path: Path
+    pins: dict[str, Any] = field(compare=False)
+    lines: dict[str, int] = field(compare=False)   # "set.N", "source", package name -> line
+
+    def at(self, what: str) -> str:
+        return f"{self.path}:{self.lines.get(what, 1)}"
+
+
+@dataclass(frozen=True)
 class Recipe:
     path: Path
     name: str
@@ -169,7 +177,7 @@ class list_of_tables(list):
     """Marker type for check_keys: an array of tables, [[name]]."""
 
 
-class _Doc:
+class Doc:
     """One TOML file being checked: finds the line of a key so that every error can name it."""
 
     def __init__(self, path: Path) -> None:
@@ -257,14 +265,14 @@ def _type_name(kind: type) -> str:
             list: "list", dict: "table"}.get(kind, kind.__name__)
 
 
-def _check_sha256(doc: _Doc, table: tuple[str, ...], value: str, index: int = 0) -> str:
+def _check_sha256(doc: Doc, table: tuple[str, ...], value: str, index: int = 0) -> str:
     if not SHA256_RE.fullmatch(value):
         doc.fail(table, "sha256", f"sha256 '{value}' is not 64 lowercase hex digits",
                  "write the full digest that `sha256sum FILE` prints", index)
     return value
 
 
-def _check_packages(doc: _Doc, table: tuple[str, ...], key: str, names: list[str],
+def _check_packages(doc: Doc, table: tuple[str, ...], key: str, names: list[str],
                     index: int = 0) -> tuple[str, ...]:
     for name in names:
         if not PACKAGE_RE.fullmatch(name):
@@ -283,7 +291,7 @@ def load_base(name: str, recipes_dir: Path, *, where: str) -> Base:
         known = sorted(p.stem for p in (recipes_dir / "base").glob("*.toml"))
         raise InputError(f"base '{name}' does not exist (no {path})", where=where,
                          hint=f"known bases: {', '.join(known)}" if known else "create that file")
-    doc = _Doc(path)
+    doc = Doc(path)
     doc.check_keys(doc.data, (), {"set": list_of_tables, "limits": dict})
     sets = doc.data.get("set")
     if not sets:
@@ -335,10 +343,9 @@ def load_base(name: str, recipes_dir: Path, *, where: str) -> Base:
     return Base(name, path, tuple(parsed), unpack)
 
 
-def load_recipe(path: Path, *, locked: bool = True) -> Recipe:
-    """Read and check one recipe file, and its lock if it has one (unless not `locked`: for
-    re-locking, when the old lock may no longer fit)."""
-    doc = _Doc(path)
+def read_recipe(path: Path) -> Recipe:
+    """Read and check one recipe file (its lock is lock.py's: `lock.load_recipe` reads both)."""
+    doc = Doc(path)
     data = doc.data
     doc.check_keys(data, (), {"name": str, "base": str, "packages": dict, "source": dict,
                               "build": dict, "verify": dict, "limits": dict})
@@ -398,7 +405,7 @@ def load_recipe(path: Path, *, locked: bool = True) -> Recipe:
         doc.fail(("verify",), "run", "a verify command holds a NUL byte, which no shell can be given",
                  "remove the \\u0000")
     limits, unpack = _parse_limits(doc, data.get("limits", {}), {**LIMIT_KEYS, **UNPACK_KEYS})
-    recipe = Recipe(path=path, name=name, base=base, install=install, build_deps=build_deps,
+    return Recipe(path=path, name=name, base=base, install=install, build_deps=build_deps,
                     source=source, env=tuple(sorted(env.items())), script=script,
                     static=verify.get("static", False), verify_run=tuple(verify.get("run", [])),
                     network=build.get("network", False), verify_timeout=verify_timeout,
@@ -406,8 +413,6 @@ def load_recipe(path: Path, *, locked: bool = True) -> Recipe:
                     limits=limits, unpack=unpack,
                     lines=(("packages", doc.line_of(("packages",))), ("source", doc.line_of(("source",))),
                            ("script", doc.line_of(("build",), "script"))))
-    from buildbox.lock import read_lock   # lock.py reads its file with this module's helpers
-    return dataclasses.replace(recipe, lock=read_lock(recipe)) if locked else recipe
 
 
 def _kernel_most(key: str) -> int:
@@ -420,7 +425,7 @@ def _kernel_most(key: str) -> int:
     return (1 << 63) - 2   # RLIM_INFINITY and the CPU limit's hard value one above must still fit
 
 
-def _parse_limits(doc: _Doc, table: dict[str, Any], allowed: dict[str, str]) -> tuple[Limits, UnpackLimits]:
+def _parse_limits(doc: Doc, table: dict[str, Any], allowed: dict[str, str]) -> tuple[Limits, UnpackLimits]:
     """[limits]: sizes as 512M / 4G (or bytes), times as 90s / 20m / 2h (or seconds), counts as numbers."""
     doc.check_keys(table, ("limits",), {key: object for key in allowed})
     values: dict[str, int] = {}
@@ -439,7 +444,7 @@ def _parse_limits(doc: _Doc, table: dict[str, Any], allowed: dict[str, str]) -> 
             UnpackLimits(**{k: v for k, v in values.items() if k in UNPACK_KEYS}))
 
 
-def _parse_source(doc: _Doc, source: dict[str, Any] | None) -> Source:
+def _parse_source(doc: Doc, source: dict[str, Any] | None) -> Source:
     table = ("source",)
     if source is None:
         doc.fail((), None, "[source] is missing", 'add [source] with git = "URL", url = "URL" or debian = "PACKAGE"')

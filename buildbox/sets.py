@@ -14,7 +14,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from buildbox import log
-from buildbox.base import EPOCH   # fixed: the same bootstrap inputs give the same tarball
+from buildbox.constants import EPOCH   # fixed: the same bootstrap inputs give the same tarball
 from buildbox.errors import BuildFailed, InputError
 from buildbox.inroot import Root, set_attributes
 from buildbox.process import run

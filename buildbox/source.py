@@ -7,7 +7,7 @@ import os
 import re
 from pathlib import Path
 
-from buildbox.base import BUILD_DIR, BUILDER, SRC
+from buildbox.constants import BUILD_DIR, BUILDER, SRC
 from buildbox.box import Box
 from buildbox.errors import BuildFailed, InputError
 from buildbox.packages import fetch_access

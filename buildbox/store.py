@@ -118,8 +118,10 @@ def _children(path: Path) -> list[str]:
 class Store:
     """A cache directory: KIND/KEY/ entries, plus the shared .deb cache, logs, boxes and locks."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, read_only: bool = False) -> None:
         self.root = root.absolute()
+        # Read-only (`list`): a hit is not counted as a use, a changed entry is a miss but stays.
+        self.read_only = read_only
 
     def entry(self, kind: str, key: str) -> Path:
         return self.root / kind / key
@@ -127,6 +129,8 @@ class Store:
     def has(self, kind: str, key: str) -> bool:
         """Whether the entry is there; a hit counts as a use, for gc's least-recently-used order."""
         entry = self.entry(kind, key)
+        if self.read_only:
+            return entry.is_dir()
         try:
             os.utime(entry)
         except FileNotFoundError:
@@ -189,6 +193,8 @@ class Store:
             return True   # made before entries were recorded: `buildbox fsck` says so
         if recorded == signature(self.entry(kind, key)):
             return True
+        if self.read_only:
+            return False
         from buildbox import log
         log.warn(f"the cached {kind} entry {key[:12]} was changed since it was made; removed it, to make it again")
         self.remove_entry(kind, key)
@@ -234,8 +240,9 @@ class Store:
         locks.mkdir(parents=True, exist_ok=True)
         return FileLock(str(locks / f"{name}.lock"))
 
-    def ensure(self, kind: str, key: str, make: Callable[[Path], None]) -> Path:
-        """Return entry KIND/KEY, making it first with make(tmpdir) if it isn't there.
+    def ensure(self, kind: str, key: str, make: Callable[[Path], None], inputs: dict[str, Any] | None = None) -> Path:
+        """Return entry KIND/KEY, making it first with make(tmpdir) if it isn't there; the entry
+        keeps its key document (inputs) as inputs.json.
 
         make() fills a fresh directory beside the entry; only when it returns is that directory
         renamed into place, so a reader (or a run after a crash) never sees half an entry. Two
@@ -251,6 +258,8 @@ class Store:
             tmp.mkdir(parents=True)
             try:
                 make(tmp)
+                if inputs is not None:
+                    write_inputs(tmp, inputs)
                 self._record(kind, key, tmp)
                 os.rename(tmp, final)
                 fsync_dir(final.parent)
@@ -306,6 +315,25 @@ class Store:
                 lock.release()
         return removed
 
+    # -- what each recipe last stood on: for "why it rebuilt" and an offline `list` ------------
+    def last_run(self, name: str) -> dict[str, Any]:
+        """What the recipe's last run recorded: its stages' keys, and the commit its ref named."""
+        try:
+            return json.loads((self.root / "recipes" / f"{name}.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def record_run(self, name: str, record: dict[str, Any]) -> None:
+        (self.root / "recipes").mkdir(exist_ok=True)
+        write_atomically(self.root / "recipes" / f"{name}.json", json.dumps(record, indent=1, sort_keys=True) + "\n")
+
+    def inputs(self, kind: str, key: str) -> dict[str, Any] | None:
+        """The key document an entry was made from (None for one made before they were kept)."""
+        try:
+            return json.loads((self.entry(kind, key) / INPUTS).read_text())
+        except (OSError, ValueError):
+            return None
+
     def dir(self, name: str) -> Path:
         """A working directory of the cache (debs, logs, boxes), made on first use."""
         path = self.root / name
@@ -314,6 +342,7 @@ class Store:
 
 
 KINDS = ("downloads", "bootstraps", "bases", "layers", "sources", "builds")
+INPUTS = "inputs.json"   # beside each entry's content: the key document it was made from
 MARKER = "buildbox-cache.json"
 CACHEDIR_TAG = "CACHEDIR.TAG"   # https://bford.info/cachedir/
 CACHEDIR_TAG_TEXT = ("Signature: 8a477f597d28d172789f06886806bc55\n"
@@ -324,7 +353,7 @@ CACHEDIR_TAG_TEXT = ("Signature: 8a477f597d28d172789f06886806bc55\n"
 # (or a running build's sources) and so run code in every later build.
 PRIVATE = ("bootstraps", "bases", "layers", "sources", "builds", "boxes", "failed", "verify")
 # All that buildbox puts at a cache's top level (.keep: the checkout's empty ./cache).
-BUILDBOX_TOP_LEVEL = {*KINDS, *PRIVATE, "debs", "logs", "locks", "installed", "records", "doit.sqlite3", MARKER,
+BUILDBOX_TOP_LEVEL = {*KINDS, *PRIVATE, "debs", "logs", "locks", "installed", "records", "recipes", "doit.sqlite3", MARKER,
                       CACHEDIR_TAG, ".keep"}
 
 
@@ -346,6 +375,10 @@ def tree_size(path: Path) -> int:
 
 def read_meta(entry: Path) -> dict[str, Any]:
     return json.loads((entry / "meta.json").read_text())
+
+
+def write_inputs(entry: Path, document: dict[str, Any]) -> None:
+    write_atomically(entry / INPUTS, json.dumps(document, indent=1, sort_keys=True) + "\n")
 
 
 def write_meta(entry: Path, meta: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,13 @@ from doit.reporter import ConsoleReporter
 from buildbox import keys, log
 from buildbox.base import make_base
 from buildbox.errors import BuildboxError, BuildFailed, InputError, Interrupted, os_failure
+from buildbox.lock import lock_path, write_lock
 from buildbox.recipe import Base, BootstrapSet, DebianSource, GitSource, Recipe, Set, TarballSet, UrlSource
-from buildbox.store import Store, read_meta, remove_tree, tree_sha256, write_meta
+from buildbox.store import Store, read_meta, remove_tree, tree_sha256, write_inputs, write_meta
+
+
+# The cache kind of each stage's entry (a set's is its own: a download or a bootstrap).
+STAGE_KINDS = {"base": "bases", "layer": "layers", "source": "sources", "build": "builds"}
 
 
 class Planner:
@@ -33,8 +39,10 @@ class Planner:
     """
 
     def __init__(self, store: Store, recipes: list[Recipe], out_root: Path, *, keep: bool = False,
-                 stream: bool = True, report_failures: bool = False) -> None:
+                 stream: bool = True, report_failures: bool = False, offline: bool = False) -> None:
         self.store = store
+        # Offline (`list`): nothing is resolved; an unlocked ref's commit is the one last recorded.
+        self.offline = offline
         self.report_failures = report_failures   # under plain doit, nobody else will say what failed
         self.recipes = recipes
         self.out_root = out_root.absolute()
@@ -62,13 +70,19 @@ class Planner:
         pinned = recipe.lock.pins["sets"] if recipe.lock else [None] * len(recipe.base.sets)
         return list(zip(recipe.base.sets, pinned))
 
+    def base_document(self, recipe: Recipe) -> dict[str, Any]:
+        return keys.base_document([keys.set_key(s, d) for s, d in self.sets(recipe)])
+
     def base_key(self, recipe: Recipe) -> str:
-        return keys.base_key([keys.set_key(s, d) for s, d in self.sets(recipe)])
+        return keys.key(self.base_document(recipe))
+
+    def layer_document(self, recipe: Recipe) -> dict[str, Any]:
+        if recipe.lock:
+            return keys.layer_document(self.base_key(recipe), packages=recipe.lock.pins["packages"])
+        return keys.layer_document(self.base_key(recipe), install=recipe.install, build_deps=recipe.build_deps)
 
     def layer_key(self, recipe: Recipe) -> str:
-        if recipe.lock:
-            return keys.layer_key(self.base_key(recipe), packages=recipe.lock.pins["packages"])
-        return keys.layer_key(self.base_key(recipe), install=recipe.install, build_deps=recipe.build_deps)
+        return keys.key(self.layer_document(recipe))
 
     def commit(self, recipe: Recipe) -> str | None:
         """The commit a git source's ref names now, or the one its lock pins (None for other sources)."""
@@ -77,6 +91,14 @@ class Planner:
             return None
         if recipe.lock:
             return recipe.lock.pins["source"]["commit"]
+        with self._lock:
+            if ("commit", recipe.name) in self._memo:
+                return self._memo[("commit", recipe.name)]
+        if self.offline:
+            last = self.store.last_run(recipe.name).get("git", {})
+            if (last.get("url"), last.get("ref")) != (source.url, source.ref):
+                raise BuildboxError(f"{recipe.name}: its ref {source.ref} has not been resolved yet")
+            return last["commit"]
         from buildbox.source import resolve_git
         return self._remember("commit", recipe.name,
                               lambda: resolve_git(self.store, self.lower_layers(recipe), source,
@@ -91,10 +113,14 @@ class Planner:
             return {"git": source.url, "commit": self.commit(recipe)}
         return recipe.lock.pins["source"] if recipe.lock else {"debian": source.package}
 
-    def source_key(self, recipe: Recipe) -> str:
+    def source_document(self, recipe: Recipe) -> dict[str, Any]:
         pin = self.source_pin(recipe)
         # An unlocked Debian source: its version is the one the layer's package lists name.
-        return keys.source_key(pin, layer=None if "version" in pin or "debian" not in pin else self.layer_key(recipe))
+        return keys.source_document(pin, layer=None if "version" in pin or "debian" not in pin
+                                    else self.layer_key(recipe))
+
+    def source_key(self, recipe: Recipe) -> str:
+        return keys.key(self.source_document(recipe))
 
     def pins(self, recipe: Recipe) -> dict[str, Any]:
         """What the build stands on, in the lock's form: the lock's own pins, or without a lock
@@ -108,8 +134,11 @@ class Planner:
         return {"sets": [self.set_digest(s) for s in recipe.base.sets],
                 "packages": read_meta(layer)["packages"], "source": read_meta(source)}
 
+    def build_document(self, recipe: Recipe) -> dict[str, Any]:
+        return keys.build_document(self.pins(recipe), recipe)
+
     def build_key(self, recipe: Recipe) -> str:
-        return self._remember("build", recipe.name, lambda: keys.build_key(self.pins(recipe), recipe))
+        return self._remember("build", recipe.name, lambda: keys.key(self.build_document(recipe)))
 
     def stage_keys(self, recipe: Recipe) -> Iterator[tuple[str, str | None]]:
         """Every stage's key for the recipe, in pipeline order (`buildbox list --keys`); None for
@@ -136,30 +165,94 @@ class Planner:
         """The read-only layers of a box for this recipe, top first: packages over the base."""
         return [self.store.entry("layers", self.layer_key(recipe)) / "root", *self.base_layers(recipe)]
 
+    def build_layers(self, recipe: Recipe) -> list[Path]:
+        """The read-only layers of the recipe's build box (and its shell), top first: the source
+        over the packages over the base."""
+        return [self.store.entry("sources", self.source_key(recipe)), *self.lower_layers(recipe)]
+
     def out_dir(self, recipe: Recipe) -> Path:
         return self.out_root / recipe.name
 
-    def logfile(self, recipe_or_stage: str, stage: str) -> Path:
+    def logfile(self, recipe_or_stage: str, stage: str, why: str = "") -> Path:
+        """A stage's log, new, its first line saying why the stage runs."""
         path = self.store.dir("logs") / recipe_or_stage / f"{stage}.log"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"")
+        path.write_text(f"buildbox: {why}\n" if why else "")
         return path
 
+    # -- why a stage runs ---------------------------------------------------------------------
+    def why(self, stage: str, recipe: Recipe, kind: str, document: dict[str, Any]) -> str:
+        """Why the recipe's stage is made: `STAGE NAME: first build` or `STAGE NAME: rebuilding:
+        REASON; REASON`, from the key document of the entry its last run stood on."""
+        previous = self.store.last_run(recipe.name).get("stages", {}).get(stage)
+        if previous is None:
+            return f"{stage} {recipe.name}: first build"
+        if previous == keys.key(document):
+            found = ["cache entry gone"]   # removed by gc, clean or fsck, or found changed
+        else:
+            old = self.store.inputs(kind, previous)
+            found = (keys.reasons(old, document) if old else []) or ["inputs changed (previous entry gone)"]
+        return f"{stage} {recipe.name}: rebuilding: {'; '.join(found)}"
+
+    def stale(self, recipe: Recipe) -> str | None:
+        """Offline, why the recipe needs a build: the line its first stage not in the cache would
+        say, or None when every stage is (or one cannot be known without resolving)."""
+        kinds = (("base", "bases", self.base_document), ("layer", "layers", self.layer_document),
+                 ("source", "sources", self.source_document), ("build", "builds", self.build_document))
+        try:
+            for stage, kind, document in kinds:
+                doc = document(recipe)
+                if not self.store.intact(kind, keys.key(doc)):
+                    return self.why(stage, recipe, kind, doc)
+        except BuildboxError:
+            return None
+        return None
+
+    def announce(self, stage: str, recipe: Recipe, kind: str, document: dict[str, Any]) -> str:
+        """Say why a stage runs, on one line; returned for the stage's log."""
+        line = self.why(stage, recipe, kind, document)
+        log.say(line)
+        return line
+
+    def remember(self, recipe: Recipe) -> None:
+        """Record what the recipe stands on now (each made stage's key, and the commit its ref
+        named): the next run says why against it, and `list` works from it offline."""
+        record = self.store.last_run(recipe.name)
+        stages = dict(record.get("stages", {}))
+        offline, self.offline = self.offline, True   # only what this run resolved; nothing afresh
+        try:
+            kinds = {**STAGE_KINDS, **{f"set{i + 1}": self.set_kind(s) for i, (s, _) in enumerate(self.sets(recipe))}}
+            for stage, key in self.stage_keys(recipe):
+                if key and self.store.entry(kinds[stage], key).is_dir():
+                    stages[stage] = key
+        finally:
+            self.offline = offline
+        record["stages"] = stages
+        commit = self._memo.get(("commit", recipe.name))
+        if commit and isinstance(recipe.source, GitSource):
+            record["git"] = {"url": recipe.source.url, "ref": recipe.source.ref, "commit": commit,
+                             "when": int(time.time())}
+        self.store.record_run(recipe.name, record)
+
     # -- stages -----------------------------------------------------------------------------
-    def make_set(self, spec: Set, digest: str | None = None, where: str = "") -> None:
+    def make_set(self, spec: Set, digest: str | None = None, where: str = "", recipe: Recipe | None = None,
+                 stage: str = "") -> None:
         if isinstance(spec, TarballSet):
             from buildbox.source import ensure_download
             ensure_download(self.store, spec.url, spec.sha256)
             return
-        self.store.ensure("bootstraps", self.set_key(spec, digest),
-                          lambda tmp: self._bootstrap(spec, tmp, digest, where))
+        document = keys.set_document(spec, digest)
+        self.store.ensure("bootstraps", keys.key(document), lambda tmp: self._bootstrap(
+            spec, tmp, digest, where, self.announce(stage, recipe, "bootstraps", document) if recipe else ""),
+            inputs=document)
 
-    def _bootstrap(self, spec: BootstrapSet, tmp: Path, digest: str | None = None, where: str = "") -> str:
+    def _bootstrap(self, spec: BootstrapSet, tmp: Path, digest: str | None = None, where: str = "",
+                   why: str = "") -> str:
         """mmdebstrap into tmp/root; a locked bootstrap must come out with its pinned digest."""
         from buildbox.sets import make_bootstrap
         with log.step(f"Bootstrapping Debian {spec.suite} ({spec.variant}) with mmdebstrap"):
             try:
-                make_bootstrap(spec, tmp / "root", self.logfile("bootstrap", self.set_key(spec)[:12]))
+                make_bootstrap(spec, tmp / "root", self.logfile("bootstrap", self.set_key(spec)[:12], why))
             except BuildFailed as err:
                 from buildbox.packages import explain_apt_failure
                 raise explain_apt_failure(err, spec.where) from None
@@ -184,17 +277,20 @@ class Planner:
         return digest or read_meta(self.store.entry("bootstraps", self.set_key(spec)))["sha256"]
 
     def make_base(self, recipe: Recipe) -> None:
-        self._make_base(recipe.base, self.sets(recipe))
+        self._make_base(recipe.base, self.sets(recipe), recipe)
 
-    def _make_base(self, base: Base, sets: list[tuple[Set, str | None]]) -> str:
+    def _make_base(self, base: Base, sets: list[tuple[Set, str | None]], recipe: Recipe | None = None) -> str:
         """The base: an overlay layer over its leading bootstrap sets (nothing of them copied),
         holding the sets after them and buildbox's own /etc, /dev and build user."""
         from buildbox.box import Box
-        key = keys.base_key([keys.set_key(s, d) for s, d in sets])
+        document = keys.base_document([keys.set_key(s, d) for s, d in sets])
+        key = keys.key(document)
         under = self._under_base(sets)
         rest = [(f"{s.where}: set {i + 1}", self.set_path(s, d)) for i, (s, d) in enumerate(sets)][len(under):]
 
         def make(tmp: Path) -> None:
+            if recipe:
+                self.announce("base", recipe, "bases", document)
             with log.step(f"Making the base {base.name} from {len(sets)} set(s)"):
                 if under:
                     with Box(self.store, under, label="base", upper=tmp / "root") as box:
@@ -202,7 +298,7 @@ class Planner:
                 else:
                     make_base(tmp / "root", rest, base.unpack)
             write_meta(tmp, {"base": base.name, "sets": [self.set_digest(s, d) for s, d in sets]})
-        self.store.ensure("bases", key, make)
+        self.store.ensure("bases", key, make, inputs=document)
         return key
 
     def _under_base(self, sets: list[tuple[Set, str | None]]) -> list[Path]:
@@ -215,10 +311,12 @@ class Planner:
         return under
 
     def make_layer(self, recipe: Recipe) -> None:
-        self.store.ensure("layers", self.layer_key(recipe),
-                          lambda tmp: self._install(recipe, tmp, self.base_layers(recipe)))
+        document = self.layer_document(recipe)
+        self.store.ensure("layers", keys.key(document), lambda tmp: self._install(
+            recipe, tmp, self.base_layers(recipe), self.announce("layer", recipe, "layers", document)),
+            inputs=document)
 
-    def _install(self, recipe: Recipe, tmp: Path, base: list[Path]) -> None:
+    def _install(self, recipe: Recipe, tmp: Path, base: list[Path], why: str = "") -> None:
         from buildbox.packages import explain_apt_failure, make_layer
         if recipe.lock:
             what = f"the {len(recipe.lock.pins['packages'])} packages of {recipe.lock.path.name}"
@@ -227,35 +325,38 @@ class Planner:
         with log.step(f"Installing packages into a layer ({what})"):
             try:
                 make_layer(self.store, base, recipe.install, recipe.build_deps, tmp,
-                           self.logfile(recipe.name, "packages"), lock=recipe.lock)
+                           self.logfile(recipe.name, "packages", why), lock=recipe.lock)
             except BuildFailed as err:
                 raise explain_apt_failure(err, recipe.at("packages"), recipe.lock) from None
 
     def make_source(self, recipe: Recipe) -> None:
-        self.store.ensure("sources", self.source_key(recipe),
-                          lambda tmp: self._fetch(recipe, tmp, self.lower_layers(recipe)))
+        document = self.source_document(recipe)
+        self.store.ensure("sources", keys.key(document), lambda tmp: self._fetch(
+            recipe, tmp, self.lower_layers(recipe), self.announce("source", recipe, "sources", document)),
+            inputs=document)
 
-    def _fetch(self, recipe: Recipe, tmp: Path, layers: list[Path]) -> None:
+    def _fetch(self, recipe: Recipe, tmp: Path, layers: list[Path], why: str = "") -> None:
         from buildbox.packages import explain_apt_failure
         from buildbox.source import make_source
         pin = recipe.lock.pins["source"] if recipe.lock and isinstance(recipe.source, DebianSource) else None
         with log.step(f"Fetching the source of {recipe.name}"):
             try:
                 make_source(self.store, layers, recipe.source, self.commit(recipe), tmp,
-                            self.logfile(recipe.name, "source"), pin=pin, limits=recipe.unpack)
+                            self.logfile(recipe.name, "source", why), pin=pin, limits=recipe.unpack)
             except BuildFailed as err:
                 raise explain_apt_failure(err, recipe.at("source"), recipe.lock) from None
 
     def make_build(self, recipe: Recipe) -> None:
         from buildbox.build import make_build
         key = self.build_key(recipe)
-        layers = [self.store.entry("sources", self.source_key(recipe)), *self.lower_layers(recipe)]
+        document = self.build_document(recipe)
 
         def make(tmp: Path) -> None:
+            why = self.announce("build", recipe, "builds", document)
             with log.step(f"Building {recipe.name}"):
-                make_build(self.store, recipe, layers, tmp, self.inputs(recipe, key),
-                           self.logfile(recipe.name, "build"), stream=self.stream, keep=self.keep)
-        self.store.ensure("builds", key, make)
+                make_build(self.store, recipe, self.build_layers(recipe), tmp, self.inputs(recipe, key),
+                           self.logfile(recipe.name, "build", why), stream=self.stream, keep=self.keep)
+        self.store.ensure("builds", key, make, inputs=document)
 
     def resolve(self, recipe: Recipe) -> dict[str, Any]:
         """The pins of a lock for recipe, resolved afresh against its mirrors and repositories,
@@ -276,7 +377,9 @@ class Planner:
                 def bootstrap(tmp: Path, spec: BootstrapSet = spec) -> str:
                     nonlocal digest
                     digest = self._bootstrap(spec, tmp)
-                    return self.set_key(spec, digest)
+                    document = keys.set_document(spec, digest)
+                    write_inputs(tmp, document)
+                    return keys.key(document)
                 self.store.add("bootstraps", bootstrap)
                 sets.append((spec, digest))
         base_key = self._make_base(recipe.base, sets)
@@ -284,7 +387,9 @@ class Planner:
 
         def install(tmp: Path) -> str:
             self._install(recipe, tmp, base)
-            return keys.layer_key(base_key, packages=read_meta(tmp)["packages"])
+            document = keys.layer_document(base_key, packages=read_meta(tmp)["packages"])
+            write_inputs(tmp, document)
+            return keys.key(document)
         layer = self.store.entry("layers", self.store.add("layers", install))
         packages = read_meta(layer)["packages"]
         layers = [layer / "root", *base]
@@ -297,7 +402,9 @@ class Planner:
         else:
             def fetch(tmp: Path) -> str:
                 self._fetch(recipe, tmp, layers)
-                return keys.source_key(read_meta(tmp))
+                document = keys.source_document(read_meta(tmp))
+                write_inputs(tmp, document)
+                return keys.key(document)
             pin = read_meta(self.store.entry("sources", self.store.add("sources", fetch)))
         return {"sets": [self.set_digest(s, d) for s, d in sets], "packages": packages, "source": pin}
 
@@ -376,11 +483,11 @@ class Planner:
 
     def namespace(self) -> dict[str, Any]:
         """Task generators in doit's dodo form: task_set, task_base, ... and DOIT_CONFIG."""
-        sets: dict[str, tuple[Set, str | None, str]] = {}
+        sets: dict[str, tuple[Set, str | None, str, Recipe, str]] = {}
         for recipe in self.recipes:
             for index, (spec, digest) in enumerate(self.sets(recipe)):
                 where = recipe.lock.at(f"set.{index}") if recipe.lock else spec.where
-                sets.setdefault(self.set_key(spec, digest), (spec, digest, where))
+                sets.setdefault(self.set_key(spec, digest), (spec, digest, where, recipe, f"set{index + 1}"))
         bases = {self.base_key(r): r for r in self.recipes}
         layers = {self.layer_key(r): r for r in self.recipes}
 
@@ -390,10 +497,10 @@ class Planner:
 
         def task_set() -> Iterator[dict[str, Any]]:
             """Sets: tarballs checked by sha256, Debian bootstraps."""
-            for key, (spec, digest, where) in sets.items():
+            for key, (spec, digest, where, recipe, stage) in sets.items():
                 yield {"name": key[:12],
-                       "actions": [self._action(f"set:{key[:12]}",
-                                                lambda s=spec, d=digest, w=where: self.make_set(s, d, w))],
+                       "actions": [self._action(f"set:{key[:12]}", lambda s=spec, d=digest, w=where, r=recipe,
+                                                stage=stage: self.make_set(s, d, w, r, stage))],
                        "uptodate": [lambda s=spec, k=key: self.store.intact(self.set_kind(s), k)],
                        "doc": f"set {getattr(spec, 'url', None) or getattr(spec, 'suite', '')}"}
 
@@ -460,11 +567,26 @@ class Planner:
         argv = ["run", "--continue", "-n", str(jobs), "-P", "thread", *(f"{stage}:{r.name}" for r in self.recipes)]
         with self.store.in_use():
             code = DoitMain(ModuleTaskLoader(self.namespace()), config_filenames=()).run(argv)
+            for recipe in self.recipes:
+                self.remember(recipe)
         if self.failures:
             interrupted = [err for _, err in self.failures if isinstance(err, Interrupted)]
             raise interrupted[0] if interrupted else self.failures[0][1]
         if code != 0:
             raise BuildboxError(f"doit stopped with status {code}")
+
+
+def relock(store: Store, recipes: list[Recipe]) -> Iterator[tuple[Path, dict[str, Any], list[str] | None]]:
+    """Resolve each recipe afresh and write its lock; yield its path, pins and what changed
+    (None for a lock that did not exist)."""
+    planner = Planner(store, recipes, Path("out"), stream=False)
+    planner.reap()
+    with store.in_use():
+        for recipe in recipes:
+            existed = lock_path(recipe.path).exists()
+            pins = planner.resolve(recipe)
+            changed = write_lock(recipe, pins)
+            yield lock_path(recipe.path), pins, changed if existed else None
 
 
 class Reporter(ConsoleReporter):

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from buildbox import log
-from buildbox.base import BUILDER, BuildUser
+from buildbox.constants import BUILDER, BuildUser
 from buildbox.box import Box
 from buildbox.build import MANIFEST, make_build
 from buildbox.errors import BuildFailed
@@ -118,7 +118,7 @@ def build_fresh(planner: Planner, recipe: Recipe, label: str, places: list[Path]
     """One build of recipe in a fresh box, outside the cache's build entries; returns its folder
     (listed in places first, so that it is removed whatever happens)."""
     key = planner.build_key(recipe)
-    layers = [planner.store.entry("sources", planner.source_key(recipe)), *planner.lower_layers(recipe)]
+    layers = planner.build_layers(recipe)
     place = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=planner.store.dir("verify")))
     places.append(place)
     with log.step(f"Building {recipe.name} ({label})"):

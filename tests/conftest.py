@@ -7,6 +7,7 @@ Debian base is bootstrapped once and cloned per test, as buildbox itself does.
 from __future__ import annotations
 
 import functools
+import hashlib
 import http.server
 import os
 import shutil
@@ -127,9 +128,78 @@ def bootstrap_tarball(ws: Workspace, dest: Path) -> Path:
     if not trees():
         source = ws.root / "nothing.tar"
         subprocess.run(["tar", "-cf", source, "--files-from=/dev/null"], check=True)
-        import hashlib
         ws.buildbox("run", ws.recipe("warmup", f'[source]\nurl = "{source}"\n'
                                                f'sha256 = "{hashlib.sha256(source.read_bytes()).hexdigest()}"\n'
                                                '[build]\nscript = "echo > $OUT/x"\n'), "-q")
     subprocess.run(["tar", "-C", trees()[0], "--numeric-owner", "-cf", dest, "."], check=True)
     return dest
+
+
+# -- recipes and sources the tests of several modules share -------------------------------
+GOOD = """\
+name = "hello"
+[packages]
+install = ["git", "golang-go"]
+[source]
+git = "https://example.org/hello.git"
+ref = "v1.0"
+[build]
+env = { CGO_ENABLED = "0" }
+script = '''
+go build -o "$OUT/hello" .
+'''
+[verify]
+static = true
+run = ["hello"]
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "hello") -> Path:
+    (tmp_path / "base").mkdir(exist_ok=True)
+    (tmp_path / "base" / "debian-bookworm.toml").write_text((REPO / "recipes/base/debian-bookworm.toml").read_text())
+    path = tmp_path / f"{name}.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def shell_recipe(ws: Workspace, name: str, script: str) -> Path:
+    source = ws.root / "empty.tar"
+    if not source.exists():
+        (ws.root / "empty").mkdir()
+        (ws.root / "empty" / "README").write_text("nothing to see\n")
+        subprocess.run(["tar", "-C", ws.root / "empty", "-cf", source, "README"], check=True)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    return ws.recipe(name, f"[source]\nurl = \"{source}\"\nsha256 = \"{digest}\"\n[build]\nscript = '''\n{script}\n'''\n")
+
+
+HELLO_GO = 'package main\n\nimport "fmt"\n\nfunc main() { fmt.Println("hello from %s") }\n'
+
+
+def go_repo(path: Path, greeting: str = "buildbox") -> Path:
+    path.mkdir()
+    git(path, "init", "-q", "-b", "main")
+    (path / "go.mod").write_text("module example.org/hello\n\ngo 1.19\n")
+    (path / "main.go").write_text(HELLO_GO % greeting)
+    git(path, "add", ".")
+    git(path, "commit", "-qm", "hello")
+    return path
+
+
+def go_recipe(ws: Workspace, repo: Path, packages: str = '["git", "golang-go"]') -> Path:
+    return ws.recipe("hello", f"""\
+        [packages]
+        install = {packages}
+        [source]
+        git = "{repo}"
+        ref = "main"
+        [build]
+        env = {{ CGO_ENABLED = "0" }}
+        script = '''
+        go build -trimpath -o "$OUT/hello" .
+        '''
+        [verify]
+        static = true
+        run = ["hello | grep -q 'hello from'"]
+        """)
+
+

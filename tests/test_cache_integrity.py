@@ -15,8 +15,7 @@ import pytest
 
 from buildbox.errors import BuildFailed
 from buildbox.store import CACHEDIR_TAG, MARKER, remove_tree
-from conftest import REPO, Workspace, mounts_under
-from test_lifecycle import shell_recipe
+from conftest import REPO, Workspace, mounts_under, shell_recipe
 
 pytestmark = pytest.mark.integration
 
@@ -136,8 +135,8 @@ def test_fsck_finds_a_byte_flipped_in_a_cached_layer_and_repair_removes_it(works
     recipe = shell_recipe(workspace, "checked", 'lessecho ok > "$OUT/said"')
     recipe.write_text('[packages]\ninstall = ["less"]\n' + recipe.read_text())
     workspace.buildbox("run", recipe, "-q")
-    layer = next(p for p in (workspace.cache / "layers").glob("[!.]*/")
-                 if (p / "root" / "usr" / "bin" / "lessecho").exists())
+    keys = dict(line.split(" checked ") for line in workspace.buildbox("list", "--keys", recipe).stdout.splitlines())
+    layer = workspace.cache / "layers" / keys["layer"]
     clean = workspace.buildbox("fsck", "--cache", workspace.cache)
     assert f"damaged: layers/{layer.name}" not in clean.stdout
     flip_a_byte(layer / "root" / "usr" / "bin" / "lessecho")   # deep inside: only the full check sees it

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, Workspace, mounts_under
-from test_lifecycle import shell_recipe
+from conftest import REPO, Workspace, mounts_under, shell_recipe
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, Workspace, mounts_under
-from test_lifecycle import shell_recipe
+from conftest import REPO, Workspace, mounts_under, shell_recipe
 
 pytestmark = pytest.mark.integration
 
@@ -225,7 +224,7 @@ def test_a_build_past_a_limit_fails_naming_the_limit(workspace: Workspace, limit
 
 
 def test_a_host_user_with_the_build_users_uid_cannot_edit_the_cached_trees(workspace: Workspace) -> None:
-    from buildbox.base import BUILDER
+    from buildbox.constants import BUILDER
     from buildbox.store import PRIVATE, remove_tree
     # A cache where any host user can walk to it, as ./cache usually is (pytest's own tmp is root's).
     place = Path(tempfile.mkdtemp(prefix="buildbox-open-", dir="/var/tmp"))

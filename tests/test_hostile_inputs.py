@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from buildbox.base import BUILDER, make_base
+from buildbox.base import make_base
+from buildbox.constants import BUILDER
 from buildbox.errors import InputError
 from buildbox.recipe import UnpackLimits
 from buildbox.sets import extract

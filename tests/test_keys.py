@@ -11,11 +11,10 @@ from pathlib import Path
 
 
 from buildbox import keys
-from buildbox.lock import write_lock
-from buildbox.recipe import load_recipe
+from buildbox.lock import load_recipe, write_lock
 from buildbox.store import Store
 from buildbox.tasks import Planner
-from test_recipe import GOOD, write
+from conftest import GOOD, write
 
 PINS = {"sets": ["a" * 64],
         "packages": {"git": {"version": "1:2.39.5-0+deb12u2", "arch": "amd64", "sha256": "1" * 64},
@@ -117,3 +116,38 @@ def test_list_keys_prints_the_same_keys_in_two_checkouts_with_two_caches(tmp_pat
     assert printed[0] == printed[1]
     assert printed[0].splitlines() == [f"{stage} hello {key}" for stage, key in GOLDEN.items()]
     assert not (tmp_path / "cache-b").exists(), "list made a cache"
+
+
+def test_the_reasons_name_each_difference_between_two_key_documents_in_fixed_words(tmp_path: Path) -> None:
+    recipe = locked_recipe(tmp_path)
+    old = keys.build_document(PINS, recipe)
+    libc = {"version": "2.36-9+deb12u9", "arch": "amd64", "sha256": "4" * 64}
+    newer = {**PINS, "sets": ["b" * 64], "source": {**PINS["source"], "commit": "d" * 40},
+             "packages": {"git": PINS["packages"]["git"],
+                          "golang-go": {**PINS["packages"]["golang-go"], "version": "2:1.19~2"},
+                          "libc6": libc}}
+    changed = dataclasses.replace(recipe, script="other\n", env=(("A", "1"),),
+                                  limits=dataclasses.replace(recipe.limits, files=99), network=True)
+    assert keys.reasons(old, keys.build_document(newer, changed)) == [
+        "set 1 changed", "package golang-go 2:1.19~1 -> 2:1.19~2", "package libc6 added 2.36-9+deb12u9",
+        f"commit {'d' * 7} (was {'c' * 7})", "env changed", "limits changed", "network changed", "script changed"]
+    fewer = {**PINS, "packages": {"golang-go": PINS["packages"]["golang-go"]}}
+    assert keys.reasons(old, keys.build_document(fewer, recipe)) == [
+        "package git removed (was 1:2.39.5-0+deb12u2)"]
+    assert keys.reasons(old, old) == []
+
+    layer = keys.layer_document("e" * 64, packages={"libc6": libc})
+    upgraded = keys.layer_document("e" * 64, packages={"libc6": {**libc, "version": "2.36-9+deb12u10"}})
+    assert keys.reasons(layer, upgraded) == ["package libc6 2.36-9+deb12u9 -> 2.36-9+deb12u10"]
+    assert keys.reasons(layer, keys.layer_document("f" * 64, packages={"libc6": libc})) == ["base changed"]
+    asked = keys.layer_document("e" * 64, install=("git",))
+    assert keys.reasons(asked, keys.layer_document("e" * 64, install=("git", "make"))) == ["install changed"]
+    assert keys.reasons(keys.base_document(["a" * 64, "b" * 64]), keys.base_document(["a" * 64, "c" * 64])) == [
+        "set 2 changed"]
+    tarball = keys.source_document({"url": "/x.tar", "sha256": "1" * 64})
+    assert keys.reasons(tarball, keys.source_document({"url": "/y.tar", "sha256": "2" * 64})) == [
+        f"tarball sha256 {'2' * 12} (was {'1' * 12})"]
+    debian = {"debian": "caddy", "version": "2.6.2-5", "dsc": "caddy_2.6.2-5.dsc", "dsc-sha256": "3" * 64}
+    assert keys.reasons(keys.source_document(debian), keys.source_document({**debian, "version": "2.6.2-6"})) == [
+        "debian source caddy 2.6.2-6 (was 2.6.2-5)"]
+    assert keys.reasons({**old, "format": 3}, old) == [f"key format 3 -> {keys.FORMAT}"]

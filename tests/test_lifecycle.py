@@ -12,20 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, Workspace, mounts_under
+from conftest import REPO, Workspace, mounts_under, shell_recipe
 
 pytestmark = pytest.mark.integration
-
-
-def shell_recipe(ws: Workspace, name: str, script: str) -> Path:
-    source = ws.root / "empty.tar"
-    if not source.exists():
-        (ws.root / "empty").mkdir()
-        (ws.root / "empty" / "README").write_text("nothing to see\n")
-        subprocess.run(["tar", "-C", ws.root / "empty", "-cf", source, "README"], check=True)
-    import hashlib
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()
-    return ws.recipe(name, f"[source]\nurl = \"{source}\"\nsha256 = \"{digest}\"\n[build]\nscript = '''\n{script}\n'''\n")
 
 
 def test_ctrl_c_during_a_build_stops_it_kills_its_processes_and_undoes_every_mount(workspace: Workspace) -> None:

@@ -11,9 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Workspace, git, ran
-from test_lifecycle import shell_recipe
-from test_pipeline import HELLO_GO, go_recipe, go_repo
+from conftest import HELLO_GO, Workspace, git, go_recipe, go_repo, ran, shell_recipe
 
 pytestmark = pytest.mark.integration
 

@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 from buildbox.errors import InputError
-from buildbox.lock import lock_path, write_lock
-from buildbox.recipe import load_recipe
-from test_recipe import GOOD, REPO, write
+from buildbox.lock import load_recipe, lock_path, write_lock
+from conftest import GOOD, REPO, write
 
 COMMIT = "c" * 40
 PINS = {"sets": ["a" * 64],

@@ -11,40 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Workspace, bootstrap_tarball, git, mounts_under, ran
+from conftest import HELLO_GO, Workspace, bootstrap_tarball, git, go_recipe, go_repo, mounts_under, ran
 
 pytestmark = pytest.mark.integration
 
-HELLO_GO = 'package main\n\nimport "fmt"\n\nfunc main() { fmt.Println("hello from %s") }\n'
 C_PACKAGES = '["gcc", "libc6-dev"]'
-
-
-def go_repo(path: Path, greeting: str = "buildbox") -> Path:
-    path.mkdir()
-    git(path, "init", "-q", "-b", "main")
-    (path / "go.mod").write_text("module example.org/hello\n\ngo 1.19\n")
-    (path / "main.go").write_text(HELLO_GO % greeting)
-    git(path, "add", ".")
-    git(path, "commit", "-qm", "hello")
-    return path
-
-
-def go_recipe(ws: Workspace, repo: Path, packages: str = '["git", "golang-go"]') -> Path:
-    return ws.recipe("hello", f"""\
-        [packages]
-        install = {packages}
-        [source]
-        git = "{repo}"
-        ref = "main"
-        [build]
-        env = {{ CGO_ENABLED = "0" }}
-        script = '''
-        go build -trimpath -o "$OUT/hello" .
-        '''
-        [verify]
-        static = true
-        run = ["hello | grep -q 'hello from'"]
-        """)
 
 
 def test_a_go_program_from_a_local_git_repository_builds_caches_and_rebuilds_only_what_changed(

@@ -4,39 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from buildbox.errors import InputError
-from buildbox.recipe import BootstrapSet, DebianSource, GitSource, TarballSet, UrlSource, load_recipe
-
-REPO = Path(__file__).resolve().parent.parent
-GOOD = """\
-name = "hello"
-[packages]
-install = ["git", "golang-go"]
-[source]
-git = "https://example.org/hello.git"
-ref = "v1.0"
-[build]
-env = { CGO_ENABLED = "0" }
-script = '''
-go build -o "$OUT/hello" .
-'''
-[verify]
-static = true
-run = ["hello"]
-"""
-
-
-def write(tmp_path: Path, text: str, name: str = "hello") -> Path:
-    (tmp_path / "base").mkdir(exist_ok=True)
-    (tmp_path / "base" / "debian-bookworm.toml").write_text((REPO / "recipes/base/debian-bookworm.toml").read_text())
-    path = tmp_path / f"{name}.toml"
-    path.write_text(textwrap.dedent(text))
-    return path
+from buildbox.lock import load_recipe
+from buildbox.recipe import BootstrapSet, DebianSource, GitSource, TarballSet, UrlSource
+from conftest import GOOD, REPO, write
 
 
 def test_a_good_recipe_becomes_a_frozen_recipe(tmp_path: Path) -> None:

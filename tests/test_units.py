@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import shutil
@@ -182,8 +183,7 @@ def test_a_library_a_binary_names_is_never_opened_unless_it_is_a_regular_file(tm
     fifo = tmp_path / "libfifo.so"
     os.mkfifo(fifo)
     info = read_elf(Path("/bin/true"))
-    info = type(info)(info.path, info.elfclass, info.machine, info.interpreter, (str(fifo), "libfifo.so"),
-                      (), (str(tmp_path),), info.pie)
+    info = dataclasses.replace(info, needed=(str(fifo), "libfifo.so"), rpath=(), runpath=(str(tmp_path),))
     found: dict = {}
     worker = threading.Thread(target=lambda: found.update(resolve_needed(info, tmp_path, [])), daemon=True)
     worker.start()

@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Workspace, mounts_under
-from test_lifecycle import shell_recipe
-from test_pipeline import go_recipe, go_repo
+from conftest import Workspace, go_recipe, go_repo, mounts_under, shell_recipe
 
 pytestmark = pytest.mark.integration
 
