@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import json
 import os
 import shlex
 import shutil
+import socket
 import sys
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from buildbox import log
@@ -32,6 +34,7 @@ ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MAX_SYMLINKS = 40
 ENTER = Path(__file__).with_name("enter.py")
 HOSTNAME = "buildbox"
+CLONE_NEWUTS = 0x04000000
 # Every command in a box gets its own mount, UTS, IPC and PID namespaces (its own /proc, its own
 # hostname, no host processes in sight), and its own network namespace unless it fetches.
 NAMESPACES = ("mount", "uts", "ipc", "pid")
@@ -339,3 +342,20 @@ def _unmount(target: Path) -> None:
             time.sleep(0.2 * (attempt + 1))
     log.warn(f"{target} stayed busy; detaching it lazily")
     run(["umount", "--lazy", target], what=f"lazy umount {target}", capture=True, cleanup=True)
+
+
+@contextlib.contextmanager
+def host_name(name: str) -> Iterator[None]:
+    """This thread under another host name, in a UTS namespace of its own, back in the host's
+    after: what verify's second build runs under."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    home = os.open("/proc/thread-self/ns/uts", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if libc.unshare(CLONE_NEWUTS) != 0:
+            raise BuildFailed("cannot give the build a host name of its own: unshare(CLONE_NEWUTS): "
+                              f"{os.strerror(ctypes.get_errno())}", hint="run it as root on the host")
+        socket.sethostname(name)
+        yield
+    finally:
+        libc.setns(home, CLONE_NEWUTS)
+        os.close(home)

@@ -40,9 +40,10 @@ def run(argv: Sequence[str], *, what: str, env: Mapping[str, str] | None = None,
         cwd: Path | None = None, log: Path | None = None, stream: bool = False,
         capture: bool = False, cleanup: bool = False, timeout: float | None = None,
         silence: float | None = None, interactive: bool = False, contained: bool = False,
-        log_limit: int | None = None, timeout_key: str = "[limits] timeout") -> str:
-    """Run argv to the end; return its stdout when capture is set; raise BuildFailed with the output's tail.
-    With contained, in namespaces of its own that die with buildbox (CONTAINED).
+        log_limit: int | None = None, timeout_key: str = "[limits] timeout", ok: Sequence[int] = (0,)) -> str:
+    """Run argv to the end; return its stdout when capture is set; raise BuildFailed with the output's tail
+    when it exits with a status not in ok. With contained, in namespaces of its own that die with
+    buildbox (CONTAINED).
 
     Once interrupted, only cleanup commands (unmounting) still start.
     """
@@ -78,9 +79,9 @@ def run(argv: Sequence[str], *, what: str, env: Mapping[str, str] | None = None,
             watch.stop()
     if watch and watch.reason:
         raise BuildFailed(f"{what} was stopped: {watch.reason}", tail=tail)
-    if proc.returncode != 0 and _interrupted.is_set() and not cleanup:
+    if proc.returncode not in ok and _interrupted.is_set() and not cleanup:
         raise Interrupted(f"interrupted during {what}")
-    if proc.returncode != 0:
+    if proc.returncode not in ok:
         lines = tail.rstrip("\n").splitlines()[-TAIL_LINES:]
         command = shlex.join(shown)
         # A command that carries a recipe's script is too long to show on the error's one line.

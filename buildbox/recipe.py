@@ -25,6 +25,9 @@ PACKAGE_RE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 SUITE_RE = re.compile(r"[a-z0-9][a-z0-9.+-]{0,63}")
+# A Debian source is unpacked with dpkg-source and built with dpkg-buildpackage as the build user:
+# the layer gets them whether the recipe lists them or not, as sbuild installs them for every build.
+DEBIAN_SOURCE_NEEDS = ("dpkg-dev", "fakeroot")
 # Set by buildbox for every build; a recipe may not change what they mean.
 RESERVED_ENV = ("HOME", "USER", "LOGNAME", "OUT")
 
@@ -171,6 +174,18 @@ class Recipe:
     def at(self, key: str) -> str:
         """file:line of a part of the recipe ("packages", "source", "script"), for errors found later."""
         return f"{self.path}:{dict(self.lines).get(key, 1)}"
+
+    @property
+    def implicit(self) -> tuple[str, ...]:
+        """Packages the layer gets that the recipe need not list: what its kind of source needs."""
+        if isinstance(self.source, DebianSource):
+            return tuple(p for p in DEBIAN_SOURCE_NEEDS if p not in self.install)
+        return ()
+
+    @property
+    def layer_install(self) -> tuple[str, ...]:
+        """What the package layer installs: the recipe's install, and the implicit packages."""
+        return self.install + self.implicit
 
 
 class list_of_tables(list):

@@ -66,18 +66,25 @@ def copy_sparse(source: Path, dest: Path, digest: Any = None) -> int:
     return size
 
 
-def tree_sha256(root: Path) -> str:
+def tree_sha256(root: Path, *, id_base: int = 0) -> str:
     """The digest of a tree: every path with its type, mode, owner, mtime and content (a symlink's
-    target, a device's numbers), in a fixed order. Two trees with one digest are the same tree."""
+    target, a device's numbers), in a fixed order. Two trees with one digest are the same tree.
+
+    Owners are hashed as the box sees them: a tree made under a uid mapping whose box root is host
+    id id_base (a rootless run, a private build uid range) digests as the same tree made by root.
+    In root mode (id_base 0) the raw ids are exactly that, so digests recorded in locks hold."""
     digest = hashlib.sha256()
+
+    def inside(host_id: int) -> int:
+        return host_id - id_base if id_base <= host_id < id_base + ID_RANGE else host_id
     for folder, dirs, files in os.walk(root):
         dirs.sort()
         rel = os.path.relpath(folder, root)
         for name in sorted((*dirs, *files)):
             path = os.path.join(folder, name)
             st = os.lstat(path)
-            fields = [os.path.normpath(os.path.join(rel, name)), f"{st.st_mode:o}", str(st.st_uid), str(st.st_gid),
-                      str(int(st.st_mtime))]
+            fields = [os.path.normpath(os.path.join(rel, name)), f"{st.st_mode:o}", str(inside(st.st_uid)),
+                      str(inside(st.st_gid)), str(int(st.st_mtime))]
             if stat.S_ISREG(st.st_mode):
                 fields.append(file_sha256(Path(path)))
             elif stat.S_ISLNK(st.st_mode):
@@ -341,6 +348,7 @@ class Store:
         return path
 
 
+ID_RANGE = 65536   # the ids a box has: a mapped range starts at its root's host id
 KINDS = ("downloads", "bootstraps", "bases", "layers", "sources", "builds")
 INPUTS = "inputs.json"   # beside each entry's content: the key document it was made from
 MARKER = "buildbox-cache.json"

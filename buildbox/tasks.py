@@ -79,7 +79,7 @@ class Planner:
     def layer_document(self, recipe: Recipe) -> dict[str, Any]:
         if recipe.lock:
             return keys.layer_document(self.base_key(recipe), packages=recipe.lock.pins["packages"])
-        return keys.layer_document(self.base_key(recipe), install=recipe.install, build_deps=recipe.build_deps)
+        return keys.layer_document(self.base_key(recipe), install=recipe.layer_install, build_deps=recipe.build_deps)
 
     def layer_key(self, recipe: Recipe) -> str:
         return keys.key(self.layer_document(recipe))
@@ -191,7 +191,7 @@ class Planner:
             found = ["cache entry gone"]   # removed by gc, clean or fsck, or found changed
         else:
             old = self.store.inputs(kind, previous)
-            found = (keys.reasons(old, document) if old else []) or ["inputs changed (previous entry gone)"]
+            found = (keys.reasons(old, document) if old else []) or ["inputs changed (no record of the previous ones)"]
         return f"{stage} {recipe.name}: rebuilding: {'; '.join(found)}"
 
     def stale(self, recipe: Recipe) -> str | None:
@@ -321,10 +321,15 @@ class Planner:
         if recipe.lock:
             what = f"the {len(recipe.lock.pins['packages'])} packages of {recipe.lock.path.name}"
         else:
-            what = ", ".join(recipe.install + tuple(f"build-deps of {p}" for p in recipe.build_deps)) or "nothing"
+            what = ", ".join(recipe.layer_install + tuple(f"build-deps of {p}" for p in recipe.build_deps)) or "nothing"
+        if recipe.implicit and not recipe.lock:
+            implicit = (f"layer {recipe.name}: also installing {', '.join(recipe.implicit)}, which a Debian source "
+                        "needs (as sbuild does)")
+            log.say(implicit)
+            why = f"{why}\nbuildbox: {implicit}" if why else implicit
         with log.step(f"Installing packages into a layer ({what})"):
             try:
-                make_layer(self.store, base, recipe.install, recipe.build_deps, tmp,
+                make_layer(self.store, base, recipe.layer_install, recipe.build_deps, tmp,
                            self.logfile(recipe.name, "packages", why), lock=recipe.lock)
             except BuildFailed as err:
                 raise explain_apt_failure(err, recipe.at("packages"), recipe.lock) from None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -109,3 +111,17 @@ def test_a_new_digest_in_the_recipe_makes_its_lock_stale(tmp_path: Path) -> None
     recipe.write_text(recipe.read_text().replace(old, new))
     with pytest.raises(InputError, match=r"\[source\] changed since hello.lock was written"):
         load_recipe(recipe)
+
+
+def test_a_lock_written_before_the_portable_keys_reads_and_names_the_same_cache_entries(tmp_path: Path) -> None:
+    """tests/data/lock-v1: a recipe, the lock buildbox 6c5877e wrote for it, and the stage keys
+    that version printed. The same keys now: the entries a cache made from that lock are used as
+    they are, so the lock builds the same bits."""
+    shutil.copytree(REPO / "tests" / "data" / "lock-v1", tmp_path / "recipes")
+    recipe = load_recipe(tmp_path / "recipes" / "hello.toml")
+    assert recipe.lock and recipe.lock.pins["source"]["commit"] == "c" * 40
+    result = subprocess.run([sys.executable, "-m", "buildbox", "list", "--keys", "recipes/hello.toml",
+                             "--cache", tmp_path / "cache"], cwd=tmp_path, capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (REPO / "tests" / "data" / "lock-v1" / "keys.txt").read_text()

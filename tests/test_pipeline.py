@@ -211,3 +211,23 @@ def test_the_build_runs_as_the_unprivileged_user_with_a_clean_fixed_environment(
     assert env["TZ"] == "UTC" and env["LANG"] == "C.UTF-8" and env["EXTRA"] == "yes"
     assert env["OUT"] == "/build/out" and "SOURCE_DATE_EPOCH" in env
     assert not any(k.startswith(("PYTEST", "SSH_", "BUILDBOX")) for k in env), env
+
+
+def test_a_debian_source_gets_dpkg_dev_and_fakeroot_without_listing_them_and_the_log_says_so(
+        workspace: Workspace) -> None:
+    recipe = workspace.recipe("debsrc", """\
+        [source]
+        debian = "caddy"
+        [build]
+        script = '''
+        dpkg-parsechangelog -S Version > "$OUT/version"
+        command -v fakeroot > "$OUT/fakeroot"
+        '''
+        """)
+    result = workspace.buildbox("run", recipe, "-q")
+    said = "layer debsrc: also installing dpkg-dev, fakeroot, which a Debian source needs (as sbuild does)"
+    packages_log = workspace.cache / "logs" / "debsrc" / "packages.log"
+    assert said in result.stderr or said in packages_log.read_text()
+    out = workspace.root / "out" / "debsrc"
+    assert (out / "version").read_text().startswith("2.6.2-")
+    assert (out / "fakeroot").read_text() == "/usr/bin/fakeroot\n"

@@ -190,3 +190,26 @@ def test_a_library_a_binary_names_is_never_opened_unless_it_is_a_regular_file(tm
     worker.join(timeout=10)
     assert not worker.is_alive(), "resolving a NEEDED that names a FIFO blocked"
     assert found == {str(fifo): None, "libfifo.so": None}
+
+
+def test_a_tree_digests_its_owners_as_the_box_sees_them_under_a_uid_mapping(tmp_path: Path) -> None:
+    from buildbox.store import tree_sha256
+
+    def tree(where: Path, shift: int) -> Path:
+        (where / "home").mkdir(parents=True)
+        (where / "home" / "notes").write_text("same\n")
+        os.symlink("notes", where / "home" / "link")
+        for path, uid in ((where / "home", 1000), (where / "home" / "notes", 1000), (where / "home" / "link", 0)):
+            os.lchown(path, shift + uid, shift + uid)
+            os.utime(path, (1700000000, 1700000000), follow_symlinks=False)
+        os.utime(where, (1700000000, 1700000000))
+        return where
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give files other owners")
+    by_root = tree(tmp_path / "root-made", 0)
+    mapped = tree(tmp_path / "mapped", 100000)
+    assert tree_sha256(mapped, id_base=100000) == tree_sha256(by_root)
+    assert tree_sha256(mapped) != tree_sha256(by_root)   # raw host ids would make them differ
+    os.lchown(mapped / "home" / "notes", 100000 + 1001, -1)
+    assert tree_sha256(mapped, id_base=100000) != tree_sha256(by_root)
