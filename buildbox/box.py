@@ -163,7 +163,7 @@ class Box:
                 f.write(f"buildbox: {line}\n")
         self._mount(["--bind", str(host)], target)
         if readonly:
-            run(["mount", "-o", "remount,bind,ro", target], what=f"read-only remount of {box_path}")
+            run(["mount", "-o", "remount,bind,ro,nosuid,nodev", target], what=f"read-only remount of {box_path}")
 
     def _target(self, box_path: str, *, dir: bool) -> Path:
         """A mount point inside the box, made if missing; never a symlink that could lead out."""

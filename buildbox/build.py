@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from buildbox import __version__, log
 from buildbox.base import renumber_user
-from buildbox.constants import BUILDER, EPOCH, OUT, SRC, BuildUser
+from buildbox.constants import BUILDER, EPOCH, FETCH, OUT, SRC, BuildUser
 from buildbox.box import NAMESPACES, Box, resolve_in_root, run_on_host
 from buildbox.cgroup import Cgroup
 from buildbox.errors import BuildFailed, InputError
@@ -34,12 +34,28 @@ VERIFY_UID = 0x7FFFFFFE
 
 def build_env(recipe: Recipe, user: BuildUser = BUILDER) -> dict[str, str]:
     """The whole environment of a build: fixed, clean, the same on every host, and the recipe's
-    secret-env taken from buildbox's own environment."""
+    secret-env taken from buildbox's own environment; with a [fetch], where the fetched tree is
+    and the settings that keep the tools to it."""
     env = user.login_env()
     env.update({"SOURCE_DATE_EPOCH": str(EPOCH), "OUT": OUT})
     env.update(dict(recipe.env))
     env.update(secrets(recipe))
+    if recipe.fetch:
+        env.update({**fetch_env(), **offline_env(env)})
     return env
+
+
+def fetch_env() -> dict[str, str]:
+    """Where the common tools keep what they download, all under $FETCH (the fetch and the build)."""
+    return {"FETCH": FETCH, "GOPATH": f"{FETCH}/go", "GOMODCACHE": f"{FETCH}/go/mod", "CARGO_HOME": f"{FETCH}/cargo",
+            "npm_config_cache": f"{FETCH}/npm", "PIP_CACHE_DIR": f"{FETCH}/pip", "YARN_CACHE_FOLDER": f"{FETCH}/yarn"}
+
+
+def offline_env(env: dict[str, str]) -> dict[str, str]:
+    """What makes the tools use only what was fetched (the build has no network anyway: these turn
+    a download attempt into a clear error instead of a timeout)."""
+    return {"GOPROXY": "off", "GOFLAGS": " ".join(filter(None, [env.get("GOFLAGS"), "-mod=mod"])),
+            "CARGO_NET_OFFLINE": "true", "npm_config_offline": "true", "PIP_NO_INDEX": "1"}
 
 
 def secrets(recipe: Recipe) -> dict[str, str]:
@@ -54,7 +70,7 @@ def secrets(recipe: Recipe) -> dict[str, str]:
 
 def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, inputs: dict[str, Any],
                logfile: Path, *, stream: bool, keep: bool, user: BuildUser = BUILDER,
-               vary: Callable[[Box, dict[str, str]], dict[str, str]] | None = None) -> None:
+               vary: Callable[[Box, dict[str, str]], dict[str, str]] | None = None, fetched: Path | None = None) -> None:
     """Build in a fresh box, check the artifacts, and fill entry/ with them and their manifest.
     `user` is the build user as the base has it, or the same user under another uid, and `vary`
     changes the box and the build's environment before the build (both for verify)."""
@@ -70,6 +86,8 @@ def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, in
              save_failed=failed_box(store, recipe.name), disk=recipe.limits.disk) as box:
         if recipe.network:
             box.bind(Path("/etc/resolv.conf").resolve(), "/etc/resolv.conf")
+        if fetched:
+            box.bind(fetched, FETCH)   # read-only: the build uses what was fetched, and changes none of it
         if user != BUILDER:
             renumber_user(box.root, BUILDER, user)
         log.note(f"build log: {logfile}")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 BUILD_DIR = "/build"
 SRC = f"{BUILD_DIR}/src"        # the source tree the build runs in
 OUT = f"{BUILD_DIR}/out"        # $OUT: what the build leaves here is copied out
+FETCH = f"{BUILD_DIR}/fetch"    # $FETCH: what a [fetch] script downloads, read-only to the build
 # The one fixed time of buildbox: SOURCE_DATE_EPOCH of bootstraps and builds, the artifacts' mtime.
 EPOCH = 1700000000
 

@@ -15,7 +15,7 @@ import json
 from typing import Any
 
 from buildbox.constants import BUILDER, EPOCH
-from buildbox.recipe import BootstrapSet, Recipe, Set, TarballSet
+from buildbox.recipe import BootstrapSet, Fetch, Recipe, Set, TarballSet
 
 # Bump on purpose when a key document changes shape: every cache entry is then made again once.
 FORMAT = 4
@@ -92,11 +92,20 @@ def portable_source(pin: dict[str, str]) -> dict[str, str]:
     return dict(pin)
 
 
+def fetch_document(layer: str, source: dict[str, str], fetch: Fetch) -> dict[str, Any]:
+    """What an unpinned fetch stands on (its tree is filed by its digest; this keys the record of
+    which digest these inputs gave, so that the fetch is not run again on every build)."""
+    return document("fetch", {"layer": layer, "source": portable_source(source), "script": fetch.script,
+                              "env": [list(kv) for kv in fetch.env], "user": dataclasses.asdict(BUILDER)})
+
+
 def build_document(pins: dict[str, Any], recipe: Recipe) -> dict[str, Any]:
     """What a build stands on: the pins (not the stages' keys: a locked build and an unlocked one
-    that resolved to the same sets, packages and source are one build) and the recipe's build."""
+    that resolved to the same sets, packages and source are one build) and the recipe's build.
+    A fetched tree counts by its digest, not by the script that fetched it."""
     return document("build", {
-        "pins": {"sets": list(pins["sets"]), "packages": pins["packages"], "source": portable_source(pins["source"])},
+        "pins": {"sets": list(pins["sets"]), "packages": pins["packages"], "source": portable_source(pins["source"]),
+                 **({"fetch": pins["fetch"]} if "fetch" in pins else {})},
         "user": dataclasses.asdict(BUILDER), "script": recipe.script, "env": [list(kv) for kv in recipe.env],
         "static": recipe.static, "verify": list(recipe.verify_run), "network": recipe.network,
         "limits": dataclasses.asdict(recipe.limits), "sandbox": SANDBOX_VERSION,
@@ -163,6 +172,9 @@ def _pin_reasons(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
                 found.append(f"package {name} {old[name]['version']} -> {new[name]['version']}")
     if "source" in after and before.get("source") != after["source"]:
         found += _source_reasons(before.get("source") or {}, after["source"])
+    if before.get("fetch") != after.get("fetch"):
+        was = f" (was {before['fetch'][:12]})" if before.get("fetch") else ""
+        found.append(f"fetched tree sha256 {after['fetch'][:12]}{was}" if after.get("fetch") else "no fetch now")
     return found
 
 

@@ -9,6 +9,8 @@ and an unlocked one that resolved to the same pins are the same build.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import dataclasses
 from pathlib import Path
@@ -51,8 +53,18 @@ def request(recipe: Recipe) -> dict[str, Any]:
     described = (f"git {source.url} {source.ref}" if isinstance(source, GitSource) else
                  f"debian {source.package}" if isinstance(source, DebianSource) else
                  f"url {source.url} {source.sha256}")
-    return {"sets": sets, "install": sorted(recipe.install), "build-deps": sorted(recipe.build_deps),
-            "source": described}
+    asked = {"sets": sets, "install": sorted(recipe.install), "build-deps": sorted(recipe.build_deps),
+             "source": described}
+    if recipe.fetch:   # only then: the locks of recipes without [fetch] stay as they were
+        asked["fetch"] = fetch_request(recipe)
+    return asked
+
+
+def fetch_request(recipe: Recipe) -> str:
+    """The [fetch] a lock's fetch digest was made by: the sha256 of its script and env."""
+    assert recipe.fetch
+    text = json.dumps({"script": recipe.fetch.script, "env": [list(kv) for kv in recipe.fetch.env]}, sort_keys=True)
+    return f"script and env {hashlib.sha256(text.encode()).hexdigest()}"
 
 
 def read_lock(recipe: Recipe) -> Lock | None:
@@ -64,19 +76,20 @@ def read_lock(recipe: Recipe) -> Lock | None:
     data = doc.data
     relock = f"run `buildbox lock {recipe.path}` to rewrite it"
     doc.check_keys(data, (), {"format": int, "recipe": str, "request": dict, "set": list_of_tables, "source": dict,
-                              "packages": dict})
+                              "packages": dict, "fetch": dict})
     if data.get("format") != LOCK_FORMAT:
         doc.fail((), "format", f"lock format {data.get('format')!r} is not {LOCK_FORMAT}", relock)
     for key in ("request", "set", "source", "packages"):
         if key not in data:
             doc.fail((), None, f"the lock has no {'[[set]]' if key == 'set' else f'[{key}]'}", relock)
     asked = request(recipe)
-    for key, value in asked.items():
+    for key in sorted(set(asked) | set(data["request"])):
+        value = asked.get(key)
         if data["request"].get(key) != value:
-            part = {"sets": "the base's sets", "source": "[source]"}.get(key, f"[packages] {key}")
+            part = {"sets": "the base's sets", "source": "[source]", "fetch": "[fetch]"}.get(key, f"[packages] {key}")
             raise InputError(f"{part} changed since {path.name} was written "
                              f"(locked for {data['request'].get(key)!r}, now {value!r})",
-                             where=recipe.at("source" if key == "source" else "packages"),
+                             where=recipe.at(key if key in ("source", "fetch") else "packages"),
                              hint=f"run `buildbox lock {recipe.path}` to lock what it asks for now")
     lines: dict[str, int] = {}
     sets = []
@@ -107,7 +120,15 @@ def read_lock(recipe: Recipe) -> Lock | None:
                      "sha256 = \"...\" }", relock)
         packages[name] = dict(pin)
         lines[name] = doc.line_of(("packages",), name)
-    return Lock(path, {"sets": sets, "packages": packages, "source": dict(data["source"])}, lines)
+    pins = {"sets": sets, "packages": packages, "source": dict(data["source"])}
+    if recipe.fetch:
+        fetch = data.get("fetch", {})
+        if set(fetch) != {"sha256"} or not SHA256_RE.fullmatch(str(fetch["sha256"])):
+            doc.fail(("fetch",) if "fetch" in data else (), "sha256" if "fetch" in data else None,
+                     "the lock's [fetch] needs sha256 = 64 lowercase hex digits (the fetched tree's)", relock)
+        pins["fetch"] = fetch["sha256"]
+        lines["fetch"] = doc.line_of(("fetch",), "sha256")
+    return Lock(path, pins, lines)
 
 
 def write_lock(recipe: Recipe, pins: dict[str, Any]) -> list[str]:
@@ -125,7 +146,8 @@ def write_lock(recipe: Recipe, pins: dict[str, Any]) -> list[str]:
         doc = old
         unwrapped = old.unwrap()
         before = {"sets": [s.get("sha256") for s in unwrapped.get("set", [])],
-                  "packages": unwrapped.get("packages", {}), "source": unwrapped.get("source", {})}
+                  "packages": unwrapped.get("packages", {}), "source": unwrapped.get("source", {}),
+                  **({"fetch": unwrapped["fetch"].get("sha256")} if "fetch" in unwrapped else {})}
     doc["format"] = LOCK_FORMAT
     doc["recipe"] = recipe.name
     _update(doc["request"], request(recipe))
@@ -138,6 +160,12 @@ def write_lock(recipe: Recipe, pins: dict[str, Any]) -> list[str]:
         else:
             sets.append(tomlkit.table().add("sha256", digest))
     _update(doc["source"], pins["source"])
+    if "fetch" in pins:
+        if "fetch" not in doc:
+            doc.add("fetch", tomlkit.table())
+        _update(doc["fetch"], {"sha256": pins["fetch"]})
+    elif "fetch" in doc:
+        del doc["fetch"]
     table = doc["packages"]
     for name in [n for n in table if n not in pins["packages"]]:
         del table[name]
@@ -171,6 +199,8 @@ def changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     if before["source"] != after["source"]:
         pin = after["source"]
         lines.append(f"source: {describe_source(before['source'], short=True)} -> {describe_source(pin, short=True)}")
+    if before.get("fetch") != after.get("fetch"):
+        lines.append(f"fetch: sha256 {_short(before.get('fetch'))} -> {_short(after.get('fetch'))}")
     old_packages, new_packages = before["packages"], after["packages"]
     for name in sorted(set(old_packages) | set(new_packages)):
         old, new = old_packages.get(name), new_packages.get(name)

@@ -28,6 +28,9 @@ SUITE_RE = re.compile(r"[a-z0-9][a-z0-9.+-]{0,63}")
 # A Debian source is unpacked with dpkg-source and built with dpkg-buildpackage as the build user:
 # the layer gets them whether the recipe lists them or not, as sbuild installs them for every build.
 DEBIAN_SOURCE_NEEDS = ("dpkg-dev", "fakeroot")
+# Set by buildbox for the fetch and the build, so that the common tools keep what they download
+# in $FETCH with no configuration (README, "Recipes from upstream").
+FETCH_ENV = ("FETCH", "GOPATH", "GOMODCACHE", "CARGO_HOME", "npm_config_cache", "PIP_CACHE_DIR", "YARN_CACHE_FOLDER")
 # Set by buildbox for every build; a recipe may not change what they mean.
 RESERVED_ENV = ("HOME", "USER", "LOGNAME", "OUT")
 
@@ -140,6 +143,15 @@ UNPACK_KEYS = {"unpacked": "size", "members": "count"}
 
 
 @dataclass(frozen=True)
+class Fetch:
+    """[fetch]: run as the build user with the network before the build; only $FETCH is kept,
+    pinned by sha256 (here, or in the lock)."""
+    script: str
+    env: tuple[tuple[str, str], ...] = ()
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
 class Lock:
     """A recipe's lock as lock.py read it: the pins, in the one form the keys take them (lock.py's
     docstring), and the line of each for errors."""
@@ -170,6 +182,7 @@ class Recipe:
     unpack: UnpackLimits = UnpackLimits()   # not part of any key: a tarball unpacks whole or not at all
     lines: tuple[tuple[str, int], ...] = ()
     lock: Lock | None = field(default=None, compare=False)   # recipes/NAME.lock, if there is one
+    fetch: Fetch | None = None
 
     def at(self, key: str) -> str:
         """file:line of a part of the recipe ("packages", "source", "script"), for errors found later."""
@@ -362,7 +375,7 @@ def read_recipe(path: Path) -> Recipe:
     """Read and check one recipe file (its lock is lock.py's: `lock.load_recipe` reads both)."""
     doc = Doc(path)
     data = doc.data
-    doc.check_keys(data, (), {"name": str, "base": str, "packages": dict, "source": dict,
+    doc.check_keys(data, (), {"name": str, "base": str, "packages": dict, "source": dict, "fetch": dict,
                               "build": dict, "verify": dict, "limits": dict})
     name = data.get("name", path.stem)
     if not NAME_RE.fullmatch(name):
@@ -389,19 +402,7 @@ def read_recipe(path: Path) -> Recipe:
     if not script.strip():
         doc.fail(("build",), "script" if "script" in build else None, "the build script is empty",
                  "write the commands that build into $OUT in script = '''...'''")
-    env = build.get("env", {})
-    for key, value in env.items():
-        if not ENV_NAME_RE.fullmatch(key):
-            doc.fail(("build",), "env", f"{key!r} is not an environment variable name",
-                     "use letters, digits and _")
-        if key in RESERVED_ENV:
-            doc.fail(("build",), "env", f"{key} is set by buildbox and cannot be changed",
-                     f"remove {key} from [build] env")
-        if not isinstance(value, str):
-            doc.fail(("build",), "env", f"env value of {key} must be a string", f'write {key} = "..."')
-        if "\0" in value:
-            doc.fail(("build",), "env", f"env value of {key} holds a NUL byte, which no program can be given",
-                     "remove the \\u0000")
+    env = _check_env(doc, ("build",), build.get("env", {}))
     secret_env = build.get("secret-env", [])
     for key in secret_env:
         if not ENV_NAME_RE.fullmatch(key) or key in RESERVED_ENV or key in env:
@@ -410,6 +411,13 @@ def read_recipe(path: Path) -> Recipe:
     if "\0" in script:
         doc.fail(("build",), "script", "the build script holds a NUL byte, which no shell can be given",
                  "remove the \\u0000")
+
+    fetch = _parse_fetch(doc, data.get("fetch"), source)
+    if fetch:
+        clash = sorted(set(env) & {*FETCH_ENV, "GOPROXY", "CARGO_NET_OFFLINE"})
+        if clash:
+            doc.fail(("build",), "env", f"{clash[0]} is set by buildbox for the build of a recipe with [fetch]",
+                     f"remove {clash[0]} from [build] env (GOFLAGS is kept, with -mod=mod appended)")
 
     verify = data.get("verify", {})
     doc.check_keys(verify, ("verify",), {"static": bool, "run": list, "timeout": object})
@@ -424,10 +432,50 @@ def read_recipe(path: Path) -> Recipe:
                     source=source, env=tuple(sorted(env.items())), script=script,
                     static=verify.get("static", False), verify_run=tuple(verify.get("run", [])),
                     network=build.get("network", False), verify_timeout=verify_timeout,
-                    secret_env=tuple(sorted(set(secret_env))),
+                    secret_env=tuple(sorted(set(secret_env))), fetch=fetch,
                     limits=limits, unpack=unpack,
                     lines=(("packages", doc.line_of(("packages",))), ("source", doc.line_of(("source",))),
-                           ("script", doc.line_of(("build",), "script"))))
+                           ("script", doc.line_of(("build",), "script")), ("fetch", doc.line_of(("fetch",)))))
+
+
+def _check_env(doc: Doc, table: tuple[str, ...], env: dict[str, Any]) -> dict[str, str]:
+    where = f"[{'.'.join(table)}] env"
+    for key, value in env.items():
+        if not ENV_NAME_RE.fullmatch(key):
+            doc.fail(table, "env", f"{key!r} is not an environment variable name", "use letters, digits and _")
+        if key in RESERVED_ENV:
+            doc.fail(table, "env", f"{key} is set by buildbox and cannot be changed", f"remove {key} from {where}")
+        if not isinstance(value, str):
+            doc.fail(table, "env", f"env value of {key} must be a string", f'write {key} = "..."')
+        if "\0" in value:
+            doc.fail(table, "env", f"env value of {key} holds a NUL byte, which no program can be given",
+                     "remove the \\u0000")
+    return env
+
+
+def _parse_fetch(doc: Doc, fetch: dict[str, Any] | None, source: Source) -> Fetch | None:
+    """[fetch]: a script run with the network before the build, whose $FETCH tree is pinned."""
+    if fetch is None:
+        return None
+    table = ("fetch",)
+    doc.check_keys(fetch, table, {"script": str, "env": dict, "sha256": str})
+    if isinstance(source, DebianSource):
+        doc.fail(table, None, "[fetch] goes with a git or url source: a debian source's package already "
+                 "brings everything its build needs", "remove [fetch], or build from the upstream git or tarball")
+    script = fetch.get("script", "")
+    if not script.strip():
+        doc.fail(table, "script" if "script" in fetch else None, "[fetch] has no script",
+                 "write the commands that download into $FETCH in script = '''...''' (e.g. go mod download)")
+    if "\0" in script:
+        doc.fail(table, "script", "the fetch script holds a NUL byte, which no shell can be given",
+                 "remove the \\u0000")
+    env = _check_env(doc, table, fetch.get("env", {}))
+    reserved = sorted(set(env) & set(FETCH_ENV))
+    if reserved:
+        doc.fail(table, "env", f"{reserved[0]} is set by buildbox for the fetch and cannot be changed",
+                 f"remove {reserved[0]} from [fetch] env")
+    digest = _check_sha256(doc, table, fetch["sha256"]) if "sha256" in fetch else None
+    return Fetch(script, tuple(sorted(env.items())), digest)
 
 
 def _kernel_most(key: str) -> int:

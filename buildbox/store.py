@@ -349,7 +349,7 @@ class Store:
 
 
 ID_RANGE = 65536   # the ids a box has: a mapped range starts at its root's host id
-KINDS = ("downloads", "bootstraps", "bases", "layers", "sources", "builds")
+KINDS = ("downloads", "bootstraps", "bases", "layers", "sources", "fetches", "builds")
 INPUTS = "inputs.json"   # beside each entry's content: the key document it was made from
 MARKER = "buildbox-cache.json"
 CACHEDIR_TAG = "CACHEDIR.TAG"   # https://bford.info/cachedir/
@@ -359,7 +359,7 @@ CACHEDIR_TAG_TEXT = ("Signature: 8a477f597d28d172789f06886806bc55\n"
 # Where box trees live, root's alone: their files belong to the box's users, and the build user's
 # uid (1000) is often a real user on the host, who could otherwise edit a cached base's dotfiles
 # (or a running build's sources) and so run code in every later build.
-PRIVATE = ("bootstraps", "bases", "layers", "sources", "builds", "boxes", "failed", "verify")
+PRIVATE = ("bootstraps", "bases", "layers", "sources", "fetches", "builds", "boxes", "failed", "verify")
 # All that buildbox puts at a cache's top level (.keep: the checkout's empty ./cache).
 BUILDBOX_TOP_LEVEL = {*KINDS, *PRIVATE, "debs", "logs", "locks", "installed", "records", "recipes", "doit.sqlite3", MARKER,
                       CACHEDIR_TAG, ".keep"}

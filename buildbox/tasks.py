@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +29,7 @@ from buildbox.store import Store, read_meta, remove_tree, tree_sha256, write_inp
 
 
 # The cache kind of each stage's entry (a set's is its own: a download or a bootstrap).
-STAGE_KINDS = {"base": "bases", "layer": "layers", "source": "sources", "build": "builds"}
+STAGE_KINDS = {"base": "bases", "layer": "layers", "source": "sources", "fetch": "fetches", "build": "builds"}
 
 
 class Planner:
@@ -125,14 +126,89 @@ class Planner:
     def pins(self, recipe: Recipe) -> dict[str, Any]:
         """What the build stands on, in the lock's form: the lock's own pins, or without a lock
         those of the entries the recipe resolved to (so they must have been made)."""
+        fetched = {"fetch": self.fetch_digest(recipe)} if recipe.fetch else {}
         if recipe.lock:
-            return recipe.lock.pins
+            return {**recipe.lock.pins, **fetched}
         layer = self.store.entry("layers", self.layer_key(recipe))
         source = self.store.entry("sources", self.source_key(recipe))
         if not (layer.is_dir() and source.is_dir()):
             raise BuildboxError(f"{recipe.name}: its packages and source are not resolved yet")
         return {"sets": [self.set_digest(s) for s in recipe.base.sets],
-                "packages": read_meta(layer)["packages"], "source": read_meta(source)}
+                "packages": read_meta(layer)["packages"], "source": read_meta(source), **fetched}
+
+    # -- the fetch --------------------------------------------------------------------------
+    def fetch_pin(self, recipe: Recipe) -> tuple[str | None, str]:
+        """The digest the fetched tree must have, and who says so: the recipe, the lock, or none."""
+        assert recipe.fetch
+        if recipe.fetch.sha256:
+            return recipe.fetch.sha256, "the recipe pins"
+        if recipe.lock and "fetch" in recipe.lock.pins:
+            return recipe.lock.pins["fetch"], "the lock pins"
+        return None, ""
+
+    def fetch_document(self, recipe: Recipe) -> dict[str, Any]:
+        assert recipe.fetch
+        return keys.fetch_document(self.layer_key(recipe), self.source_pin(recipe), recipe.fetch)
+
+    def fetch_digest(self, recipe: Recipe) -> str:
+        """The fetched tree the build stands on: the pinned one, or unpinned, the one the fetch's
+        inputs gave when it last ran (it runs again only for `lock` and `run --refresh`)."""
+        pinned, _ = self.fetch_pin(recipe)
+        if pinned:
+            return pinned
+        last = self.store.last_run(recipe.name).get("fetch", {})
+        if last.get("key") != keys.key(self.fetch_document(recipe)):
+            raise BuildboxError(f"{recipe.name}: its [fetch] has not run yet")
+        return last["sha256"]
+
+    def fetched(self, recipe: Recipe) -> bool:
+        try:
+            return self.store.intact("fetches", self.fetch_digest(recipe))
+        except BuildboxError:
+            return False
+
+    def make_fetch(self, recipe: Recipe) -> None:
+        """Run the fetch unless its tree is cached; a pinned fetch must give the pinned digest."""
+        if self.fetched(recipe):
+            return
+        pinned, by = self.fetch_pin(recipe)
+        last = self.store.last_run(recipe.name).get("fetch")
+        if not last:
+            why = f"fetch {recipe.name}: first build"
+        elif pinned:
+            why = f"fetch {recipe.name}: rebuilding: pinned tree {pinned[:12]} not in the cache"
+        else:
+            found = keys.reasons(last.get("document", {}), self.fetch_document(recipe))
+            why = f"fetch {recipe.name}: rebuilding: {'; '.join(found) or 'cache entry gone'}"
+        log.say(why)
+        digest = self.fetch_afresh(recipe, self.build_layers(recipe), pinned, by, why)
+        if not pinned:
+            log.say(f"fetch {recipe.name}: sha256 {digest}")
+            log.say(f"fetch {recipe.name}: unpinned fetch: pin it with buildbox lock")
+
+    def fetch_afresh(self, recipe: Recipe, layers: list[Path], pinned: str | None = None, by: str = "",
+                     why: str = "") -> str:
+        """Run the fetch, file its tree under its digest (nothing is kept if a pin says otherwise),
+        and record it as the recipe's fetch for these inputs; return the digest."""
+        from buildbox import fetch
+        logfile = self.logfile(recipe.name, "fetch", why)
+        last = self.store.dir("recipes") / f"{recipe.name}.fetched.json"
+
+        def make(tmp: Path) -> str:
+            with log.step(f"Fetching what {recipe.name}'s build needs ([fetch], with the network)"):
+                got = fetch.run_fetch(self.store, recipe, layers, tmp / "tree", logfile, stream=self.stream)
+            if pinned and got != pinned:
+                raise fetch.mismatch(recipe, got, pinned, by, tmp / "tree", last)
+            fetch.save_listing(tmp / fetch.LISTING, tmp / "tree")
+            write_meta(tmp, {"sha256": got})
+            return got
+        digest = self.store.add("fetches", make)
+        shutil.copyfile(self.store.entry("fetches", digest) / fetch.LISTING, last)
+        record = self.store.last_run(recipe.name)
+        document = self.fetch_document(recipe)
+        record["fetch"] = {"key": keys.key(document), "sha256": digest, "document": document}
+        self.store.record_run(recipe.name, record)
+        return digest
 
     def build_document(self, recipe: Recipe) -> dict[str, Any]:
         return keys.build_document(self.pins(recipe), recipe)
@@ -146,7 +222,9 @@ class Planner:
         stages: list[tuple[str, Callable[[], str]]] = [
             *((f"set{i + 1}", lambda s=s, d=d: keys.set_key(s, d)) for i, (s, d) in enumerate(self.sets(recipe))),
             ("base", lambda: self.base_key(recipe)), ("layer", lambda: self.layer_key(recipe)),
-            ("source", lambda: self.source_key(recipe)), ("build", lambda: self.build_key(recipe))]
+            ("source", lambda: self.source_key(recipe)),
+            *([("fetch", lambda: self.fetch_digest(recipe))] if recipe.fetch else []),
+            ("build", lambda: self.build_key(recipe))]
         for stage, compute in stages:
             try:
                 yield stage, compute()
@@ -164,6 +242,10 @@ class Planner:
     def lower_layers(self, recipe: Recipe) -> list[Path]:
         """The read-only layers of a box for this recipe, top first: packages over the base."""
         return [self.store.entry("layers", self.layer_key(recipe)) / "root", *self.base_layers(recipe)]
+
+    def fetched_tree(self, recipe: Recipe) -> Path | None:
+        """The fetched tree the build sees at $FETCH (None without a [fetch])."""
+        return self.store.entry("fetches", self.fetch_digest(recipe)) / "tree" if recipe.fetch else None
 
     def build_layers(self, recipe: Recipe) -> list[Path]:
         """The read-only layers of the recipe's build box (and its shell), top first: the source
@@ -360,7 +442,8 @@ class Planner:
             why = self.announce("build", recipe, "builds", document)
             with log.step(f"Building {recipe.name}"):
                 make_build(self.store, recipe, self.build_layers(recipe), tmp, self.inputs(recipe, key),
-                           self.logfile(recipe.name, "build", why), stream=self.stream, keep=self.keep)
+                           self.logfile(recipe.name, "build", why), stream=self.stream, keep=self.keep,
+                           fetched=self.fetched_tree(recipe))
         self.store.ensure("builds", key, make, inputs=document)
 
     def resolve(self, recipe: Recipe) -> dict[str, Any]:
@@ -411,13 +494,24 @@ class Planner:
                 write_inputs(tmp, document)
                 return keys.key(document)
             pin = read_meta(self.store.entry("sources", self.store.add("sources", fetch)))
-        return {"sets": [self.set_digest(s, d) for s, d in sets], "packages": packages, "source": pin}
+        pins = {"sets": [self.set_digest(s, d) for s, d in sets], "packages": packages, "source": pin}
+        if recipe.fetch:
+            # Afresh, over the source this lock pins: lock runs the fetch and writes what it gave.
+            if "commit" in pin:
+                with self._lock:
+                    self._memo[("commit", recipe.name)] = pin["commit"]
+            source = self.store.ensure("sources", keys.source_key(pin),
+                                       lambda tmp: self._fetch(recipe, tmp, layers), inputs=keys.source_document(pin))
+            pins["fetch"] = self.fetch_afresh(recipe, [source, *layers], recipe.fetch.sha256, "the recipe pins")
+        return pins
 
     def inputs(self, recipe: Recipe, key: str) -> dict[str, Any]:
         """What the manifest records as the build's inputs."""
         pins = self.pins(recipe)
         return {"key": key, "base": recipe.base.name, "sets": pins["sets"], "packages": pins["packages"],
                 "source": pins["source"], "lock": str(recipe.lock.path) if recipe.lock else None,
+                **({"fetch": {"sha256": pins["fetch"], "pinned": self.fetch_pin(recipe)[1] or "unpinned"}}
+                   if recipe.fetch else {}),
                 "materials": self.materials(recipe, pins),
                 # What this build stands on, by cache entry: gc keeps these while it keeps the build.
                 "entries": {"builds": [key], "layers": [self.layer_key(recipe)],
@@ -425,7 +519,8 @@ class Planner:
                             "downloads": [self.set_key(s) for s in recipe.base.sets if isinstance(s, TarballSet)]
                             + ([recipe.source.sha256] if isinstance(recipe.source, UrlSource) else []),
                             "bootstraps": [self.set_key(s, d) for s, d in self.sets(recipe)
-                                           if isinstance(s, BootstrapSet)]}}
+                                           if isinstance(s, BootstrapSet)],
+                            **({"fetches": [pins["fetch"]]} if "fetch" in pins else {})}}
 
     def materials(self, recipe: Recipe, pins: dict[str, Any]) -> list[dict[str, Any]]:
         """The build's inputs by location and digest, as SLSA provenance lists materials."""
@@ -440,6 +535,8 @@ class Planner:
             found.append({"uri": source["url"], "digest": {"sha256": source["sha256"]}})
         else:
             found.append({"uri": f"deb-src:{source['debian']}/{source['dsc']}", "digest": {"sha256": source["dsc-sha256"]}})
+        if "fetch" in pins:
+            found.append({"uri": f"buildbox-fetch:{recipe.name}", "digest": {"sha256": pins["fetch"]}})
         return found
 
     def install_out(self, recipe: Recipe) -> None:
@@ -541,18 +638,28 @@ class Planner:
                                   lambda r: self.store.intact("sources", self.source_key(r)),
                                   lambda r: f"layer:{self.layer_key(r)[:12]}")
 
+        def task_fetch() -> Iterator[dict[str, Any]]:
+            """Fetches: a [fetch] script with the network, its $FETCH tree pinned by digest."""
+            for recipe in self.recipes:
+                if recipe.fetch:
+                    yield {"name": recipe.name,
+                           "actions": [self._action(f"fetch:{recipe.name}", lambda r=recipe: self.make_fetch(r))],
+                           "task_dep": [f"source:{recipe.name}"],
+                           "uptodate": [lambda r=recipe: self.fetched(r)],
+                           "doc": f"fetch of {recipe.path}"}
+
         def task_build() -> Iterator[dict[str, Any]]:
             """Builds: the recipe's script as the build user, checked, cached."""
             yield from per_recipe("build", self.make_build,
                                   lambda r: self.store.intact("builds", self.build_key(r)),
-                                  lambda r: f"source:{r.name}")
+                                  lambda r: f"{'fetch' if r.fetch else 'source'}:{r.name}")
 
         def task_out() -> Iterator[dict[str, Any]]:
             """Artifacts and manifest put at out/NAME/."""
             yield from per_recipe("out", self.install_out, self.out_current, lambda r: f"build:{r.name}")
 
         return {"task_set": task_set, "task_base": task_base, "task_layer": task_layer,
-                "task_source": task_source, "task_build": task_build, "task_out": task_out,
+                "task_source": task_source, "task_fetch": task_fetch, "task_build": task_build, "task_out": task_out,
                 "DOIT_CONFIG": {"backend": "sqlite3", "dep_file": str(self.store.root / "doit.sqlite3"),
                                 "verbosity": 2, "reporter": Reporter, "continue": True,
                                 "default_tasks": [f"out:{r.name}" for r in self.recipes]}}

@@ -147,7 +147,7 @@ def test_the_base_step_never_writes_through_a_link_the_sets_made(tmp_path: Path)
         assert not (root / link).is_symlink(), link
     assert "builder:x:1000:1000:" in (root / "etc/passwd").read_text()
     assert (root / "home/builder/.profile").stat().st_uid == BUILDER.uid
-    assert (root / "dev/null").is_char_device()
+    assert (root / "dev").is_dir() and list((root / "dev").iterdir()) == []   # each box mounts its own /dev
 
 
 def bomb(path: Path, size: int) -> Path:

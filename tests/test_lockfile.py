@@ -125,3 +125,23 @@ def test_a_lock_written_before_the_portable_keys_reads_and_names_the_same_cache_
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert result.returncode == 0, result.stderr
     assert result.stdout == (REPO / "tests" / "data" / "lock-v1" / "keys.txt").read_text()
+
+
+def test_a_fetch_digest_is_locked_and_a_changed_fetch_script_makes_the_lock_stale(tmp_path: Path) -> None:
+    recipe = write(tmp_path, GOOD + '[fetch]\nscript = "go mod download"\n')
+    changes = write_lock(load_recipe(recipe, locked=False), {**PINS, "fetch": "f" * 64})
+    assert f"fetch: sha256 none -> {'f' * 12}…" in changes
+    assert load_recipe(recipe).lock.pins["fetch"] == "f" * 64
+    assert "[fetch]" in lock_path(recipe).read_text()
+    assert write_lock(load_recipe(recipe), {**PINS, "fetch": "e" * 64}) == [f"fetch: sha256 {'f' * 12}… -> {'e' * 12}…"]
+
+    recipe.write_text(recipe.read_text().replace("go mod download", "go mod download -x"))
+    with pytest.raises(InputError) as caught:
+        load_recipe(recipe)
+    assert "[fetch] changed since hello.lock was written" in caught.value.message
+    assert caught.value.where == f"{recipe}:{len(GOOD.splitlines()) + 1}"
+
+    # A lock of a recipe without [fetch] is as it was: no [fetch] table, no fetch request.
+    plain = write(tmp_path / "plain", GOOD) if (tmp_path / "plain").mkdir() is None else None
+    write_lock(load_recipe(plain, locked=False), PINS)
+    assert "fetch" not in lock_path(plain).read_text()

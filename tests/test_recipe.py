@@ -60,6 +60,18 @@ BAD = [
     ('[source]\ndebian = "caddy"\n[build]\nscript = "true"\n[verify]\nstatic = "yes"\n', 6,
      "must be a boolean"),
     ('[source]\ngit = "relative/missing"\n[build]\nscript = "true"\n', 2, "neither a URL nor an existing path"),
+    ('[source]\ngit = "https://x/y.git"\n[fetch]\nenv = { A = "b" }\n[build]\nscript = "true"\n', 3,
+     "[fetch] has no script"),
+    ('[source]\ngit = "https://x/y.git"\n[fetch]\nscript = "go mod download"\nsha265 = "x"\n[build]\nscript = "t"\n', 5,
+     "did you mean 'sha256'"),
+    ('[source]\ngit = "https://x/y.git"\n[fetch]\nscript = "go mod download"\nsha256 = "abc123"\n'
+     '[build]\nscript = "true"\n', 5, "not 64 lowercase hex digits"),
+    ('[source]\ngit = "https://x/y.git"\n[fetch]\nscript = "x"\nsha256 = "' + "G" * 64 + '"\n[build]\nscript = "t"\n', 5,
+     "not 64 lowercase hex digits"),
+    ('[source]\ndebian = "caddy"\n[fetch]\nscript = "go mod download"\n[build]\nscript = "true"\n', 3,
+     "a debian source's package already brings everything"),
+    ('[source]\ngit = "https://x/y.git"\n[fetch]\nscript = "x"\nenv = { GOMODCACHE = "/tmp" }\n'
+     '[build]\nscript = "true"\n', 5, "GOMODCACHE is set by buildbox for the fetch"),
 ]
 
 

@@ -1,0 +1,187 @@
+"""The fetch phase for real: a loopback Go module proxy and a loopback file server, the fetch with
+the network, the build without, the fetched tree pinned by digest in the lock or the recipe."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import shutil
+import subprocess
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import Workspace, git, mounts_under, ran
+
+pytestmark = pytest.mark.integration
+
+GREET_MOD = "module example.org/greet\n\ngo 1.19\n"
+MAIN_GO = ('package main\n\nimport (\n\t"fmt"\n\n\t"example.org/greet"\n)\n\n'
+           'func main() { fmt.Println(greet.Hello()) }\n')
+
+
+def h1(files: dict[str, bytes]) -> str:
+    """Go's dirhash.Hash1: the sha256 of `sha256hex  name` lines, sorted by name, in base64."""
+    summary = "".join(f"{hashlib.sha256(files[name]).hexdigest()}  {name}\n" for name in sorted(files))
+    return "h1:" + base64.b64encode(hashlib.sha256(summary.encode()).digest()).decode()
+
+
+def serve_module(folder: Path, greeting: str, compression: int = zipfile.ZIP_STORED) -> dict[str, bytes]:
+    """example.org/greet v1.0.0 in the GOPROXY layout (list, .info, .mod, .zip); returns the zip's files."""
+    files = {"example.org/greet@v1.0.0/go.mod": GREET_MOD.encode(),
+             "example.org/greet@v1.0.0/greet.go":
+                 f'package greet\n\nfunc Hello() string {{ return "{greeting}" }}\n'.encode()}
+    versions = folder / "example.org" / "greet" / "@v"
+    versions.mkdir(parents=True, exist_ok=True)
+    (versions / "list").write_text("v1.0.0\n")
+    (versions / "v1.0.0.info").write_text(json.dumps({"Version": "v1.0.0", "Time": "2024-01-01T00:00:00Z"}))
+    (versions / "v1.0.0.mod").write_text(GREET_MOD)
+    data = io.BytesIO()
+    with zipfile.ZipFile(data, "w", compression=compression) as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+    (versions / "v1.0.0.zip").write_bytes(data.getvalue())
+    return files
+
+
+def program(path: Path, files: dict[str, bytes]) -> Path:
+    """An upstream-style program requiring example.org/greet v1.0.0, with its go.sum, in a git repo."""
+    path.mkdir()
+    git(path, "init", "-q", "-b", "main")
+    (path / "go.mod").write_text("module example.org/hello\n\ngo 1.19\n\nrequire example.org/greet v1.0.0\n")
+    (path / "go.sum").write_text(f"example.org/greet v1.0.0 {h1(files)}\n"
+                                 f"example.org/greet v1.0.0/go.mod {h1({'go.mod': GREET_MOD.encode()})}\n")
+    (path / "main.go").write_text(MAIN_GO)
+    git(path, "add", ".")
+    git(path, "commit", "-qm", "hello")
+    return path
+
+
+def go_fetch_recipe(ws: Workspace, repo: Path, proxy: str, pin: str = "") -> Path:
+    return ws.recipe("greeter", f"""\
+        [packages]
+        install = ["golang-go"]
+        [source]
+        git = "{repo}"
+        ref = "main"
+        [fetch]
+        script = 'go mod download'
+        env = {{ GOPROXY = "{proxy}", GOSUMDB = "off", GOFLAGS = "-modcacherw" }}
+        {pin}
+        [build]
+        env = {{ CGO_ENABLED = "0" }}
+        script = 'go build -trimpath -o "$OUT/greeter" .'
+        [verify]
+        static = true
+        run = ["greeter | grep -q 'hello from greet'"]
+        """)
+
+
+def fetch_digest_of(lock: Path) -> str:
+    return tomllib.loads(lock.read_text())["fetch"]["sha256"]
+
+
+def test_a_go_program_fetches_its_modules_from_a_proxy_locks_them_and_builds_offline(
+        workspace: Workspace, tmp_path: Path, http_server) -> None:
+    served, proxy = http_server
+    files = serve_module(served, "hello from greet A")
+    recipe = go_fetch_recipe(workspace, program(tmp_path / "hello", files), proxy)
+    binary = workspace.root / "out" / "greeter" / "greeter"
+
+    first = workspace.buildbox("run", recipe, "-q")
+    assert "fetch greeter: unpinned fetch: pin it with buildbox lock" in first.stderr
+    unpinned = next(line.split()[-1] for line in first.stderr.splitlines() if line.startswith("fetch greeter: sha256 "))
+    assert subprocess.run([binary], capture_output=True, text=True).stdout == "hello from greet A\n"
+    manifest = json.loads((binary.parent / "manifest.json").read_text())
+    assert manifest["inputs"]["fetch"] == {"sha256": unpinned, "pinned": "unpinned"}
+    assert (workspace.cache / "logs" / "greeter" / "fetch.log").is_file()
+    # The unpinned fetch is cached by what it stands on: a rerun does not fetch again.
+    assert "--> fetch:" not in workspace.buildbox("run", recipe, "-q").stderr
+
+    workspace.buildbox("lock", recipe)   # runs the fetch afresh: the same inputs give the same tree
+    lock = recipe.with_suffix(".lock")
+    pinned = fetch_digest_of(lock)
+    assert pinned == unpinned
+    # Locked to the tree it had: the same pins, the same build (the lock changes no key).
+    assert ran(workspace.buildbox("run", recipe, "-q")) <= {"out"}
+
+    # The proxy goes away: a changed build still builds, from the cached tree, offline.
+    shutil.rmtree(served / "example.org")
+    recipe.write_text(recipe.read_text().replace('-o "$OUT/greeter" .', '-o "$OUT/greeter" . && true'))
+    rebuilt = workspace.buildbox("run", recipe, "-q")
+    assert "--> build:" in rebuilt.stderr and "--> fetch:" not in rebuilt.stderr
+    assert subprocess.run([binary], capture_output=True, text=True).stdout == "hello from greet A\n"
+    manifest = json.loads((binary.parent / "manifest.json").read_text())
+    assert manifest["inputs"]["fetch"] == {"sha256": pinned, "pinned": "the lock pins"}
+
+    # The proxy serves another zip under the same version (the same files, packed otherwise: go.sum
+    # does not see it), and the cached tree is gone (another machine's cache): the locked run
+    # fails, naming both digests and the changed file; nothing is kept.
+    serve_module(served, "hello from greet A", compression=zipfile.ZIP_DEFLATED)
+    shutil.rmtree(workspace.cache / "fetches" / pinned)
+    failed = workspace.buildbox("run", recipe, "-q", check=1)
+    message = next(line for line in failed.stderr.splitlines() if "got sha256" in line)
+    got = message.split("got sha256 ")[1].split(",")[0]
+    assert len(got) == 64 and got != pinned
+    assert f"fetch greeter: got sha256 {got}, the lock pins {pinned}" in message
+    assert "changed go/mod/cache/download/example.org/greet/@v/v1.0.0.zip" in message
+    assert "greet.go" not in message
+    assert f"{lock}:" in message
+    assert not (workspace.cache / "fetches" / got).exists()
+    assert [p.name for p in (workspace.cache / "fetches").iterdir() if p.name.startswith(".tmp")] == []
+
+    # The recipe's own pin says so when it is the one that does not hold.
+    recipe.write_text(recipe.read_text().replace("[build]", f'sha256 = "{pinned}"\n[build]', 1))
+    failed = workspace.buildbox("run", recipe, "-q", check=1)
+    assert f"got sha256 {got}, the recipe pins {pinned}" in failed.stderr
+    assert mounts_under(workspace.cache) == []
+
+
+def test_a_curl_fetch_is_kept_read_only_and_the_build_still_has_no_network(
+        workspace: Workspace, tmp_path: Path, http_server) -> None:
+    served, url = http_server
+    (served / "data.txt").write_text("fetched bytes\n")
+    source = tmp_path / "src.tar"
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "README").write_text("a source\n")
+    subprocess.run(["tar", "-C", tmp_path / "src", "-cf", source, "README"], check=True)
+    recipe = workspace.recipe("curled", f"""\
+        [packages]
+        install = ["curl"]
+        [source]
+        url = "{source}"
+        sha256 = "{hashlib.sha256(source.read_bytes()).hexdigest()}"
+        [fetch]
+        script = '''
+        curl -sSf -o "$FETCH/data.txt" {url}/data.txt
+        echo "$GOMODCACHE $CARGO_HOME" > "$FETCH/where"
+        touch /build/src/README 2>/dev/null && echo "source writable" > "$FETCH/oops" || true
+        '''
+        [build]
+        script = '''
+        cp "$FETCH/data.txt" "$FETCH/where" "$OUT/"
+        echo "$GOPROXY $GOFLAGS $CARGO_NET_OFFLINE" > "$OUT/offline"
+        if curl -sSf -m 5 {url}/data.txt; then echo reached > "$OUT/reached"; fi
+        if touch "$FETCH/new" 2>/dev/null; then echo wrote > "$OUT/wrote"; fi
+        ls -ln "$FETCH" > "$OUT/owners"
+        '''
+        """)
+    workspace.buildbox("run", recipe, "-q")
+    out = workspace.root / "out" / "curled"
+    assert (out / "data.txt").read_text() == "fetched bytes\n"
+    assert (out / "where").read_text() == "/build/fetch/go/mod /build/fetch/cargo\n"
+    assert (out / "offline").read_text() == "off -mod=mod true\n"
+    assert not (out / "reached").exists(), "the build reached the network"
+    assert not (out / "wrote").exists(), "the build wrote to /build/fetch"
+    assert not (out / "oops").exists(), "the fetch could write to the source"
+    assert all(line.split()[2:4] == ["0", "0"] for line in (out / "owners").read_text().splitlines()[1:])
+
+    # Two fetches of the same inputs: the same digest (owners, mtimes normalised).
+    workspace.buildbox("lock", recipe)
+    first = fetch_digest_of(recipe.with_suffix(".lock"))
+    workspace.buildbox("lock", recipe)
+    assert fetch_digest_of(recipe.with_suffix(".lock")) == first
