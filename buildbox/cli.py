@@ -319,7 +319,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_shell(args: argparse.Namespace) -> int:
     """Packages installed and source in place, as for the build (or as a failed build left
     them, with --failed); the shell's exit is ours."""
-    from buildbox.constants import BUILDER, SRC
+    from buildbox.constants import BUILDER, FETCH, SRC
     from buildbox.box import Box
     from buildbox.build import build_env
     from buildbox.store import Store
@@ -332,7 +332,7 @@ def cmd_shell(args: argparse.Namespace) -> int:
     if args.failed:
         layers = _failed_layers(planner.store, recipe)
     else:
-        planner.run(stage="source")
+        planner.run(stage=planner.last_stage_before_build(recipe))
         layers = planner.build_layers(recipe)
     env = build_env(recipe)
     env.update({"PS1": f"{recipe.name}:\\w \\$ ", "TERM": os.environ.get("TERM", "xterm")})
@@ -342,6 +342,9 @@ def cmd_shell(args: argparse.Namespace) -> int:
     # Ctrl-C belongs to the shell inside, not to buildbox.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with Box(planner.store, layers, label=f"shell-{recipe.name}", keep=args.keep) as box:
+        fetched = planner.fetched_tree(recipe)
+        if fetched:
+            box.bind(fetched, FETCH)
         status = box.run(["bash", "--norc", "--noprofile", "-i"], what=f"a shell in {recipe.name}",
                          user=None if args.root else BUILDER.spec, env=env,
                          cwd=SRC if args.failed else env["HOME"], network=recipe.network, outbound=recipe.network,

@@ -83,8 +83,9 @@ def clean(store: Store) -> None:
     """Remove everything but the downloaded and bootstrapped sets."""
     with store.in_use(exclusive=True):
         reap_dead_boxes(store)
-        for name in ("bases", "layers", "sources", "builds", "failed", "debs", "logs", "verify", "installed",
-                     "doit.sqlite3", "records/bases", "records/layers", "records/sources", "records/builds"):
+        for name in ("bases", "layers", "sources", "fetches", "builds", "failed", "debs", "logs", "verify",
+                     "installed", "recipes", "doit.sqlite3", "records/bases", "records/layers", "records/sources",
+                     "records/fetches", "records/builds"):
             remove_tree(store.root / name)
         store.remove_stale_tmp()
 

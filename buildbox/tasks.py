@@ -192,7 +192,7 @@ class Planner:
         and record it as the recipe's fetch for these inputs; return the digest."""
         from buildbox import fetch
         logfile = self.logfile(recipe.name, "fetch", why)
-        last = self.store.dir("recipes") / f"{recipe.name}.fetched.json"
+        last = self.store.dir("recipes") / f"{recipe.name}.fetch-listing"   # not NAME.json: no recipe's record
 
         def make(tmp: Path) -> str:
             with log.step(f"Fetching what {recipe.name}'s build needs ([fetch], with the network)"):
@@ -242,6 +242,10 @@ class Planner:
     def lower_layers(self, recipe: Recipe) -> list[Path]:
         """The read-only layers of a box for this recipe, top first: packages over the base."""
         return [self.store.entry("layers", self.layer_key(recipe)) / "root", *self.base_layers(recipe)]
+
+    def last_stage_before_build(self, recipe: Recipe) -> str:
+        """What must be done before the build's box can be made (for verify and shell)."""
+        return "fetch" if recipe.fetch else "source"
 
     def fetched_tree(self, recipe: Recipe) -> Path | None:
         """The fetched tree the build sees at $FETCH (None without a [fetch])."""

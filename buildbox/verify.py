@@ -112,7 +112,8 @@ def build_fresh(planner: Planner, recipe: Recipe, label: str, places: list[Path]
     with log.step(f"Building {recipe.name} ({label})"):
         make_build(planner.store, recipe, layers, place, planner.inputs(recipe, key),
                    planner.logfile(recipe.name, f"verify-{label}"), stream=False, keep=False,
-                   user=variation["user"], vary=clock_ahead(variation["days_ahead"], variation["user"]))
+                   user=variation["user"], vary=clock_ahead(variation["days_ahead"], variation["user"]),
+                   fetched=planner.fetched_tree(recipe))
     return place
 
 
@@ -122,7 +123,7 @@ def digests(manifest: dict) -> dict[str, str]:
 
 def compare(recipe: Recipe, planner: Planner, against: Path | None) -> list[str]:
     """Build (twice, or once against a manifest) and return a line per difference; [] if identical."""
-    planner.run(stage="source")
+    planner.run(stage=planner.last_stage_before_build(recipe))
     builds = []
     try:
         if against:

@@ -180,6 +180,9 @@ def test_a_curl_fetch_is_kept_read_only_and_the_build_still_has_no_network(
     assert not (out / "oops").exists(), "the fetch could write to the source"
     assert all(line.split()[2:4] == ["0", "0"] for line in (out / "owners").read_text().splitlines()[1:])
 
+    # verify builds twice with the fetched tree in place.
+    assert "curled is reproducible" in workspace.buildbox("verify", recipe).stdout
+
     # Two fetches of the same inputs: the same digest (owners, mtimes normalised).
     workspace.buildbox("lock", recipe)
     first = fetch_digest_of(recipe.with_suffix(".lock"))
