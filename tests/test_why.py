@@ -54,11 +54,9 @@ def test_each_stage_that_runs_says_why_in_fixed_words_on_the_terminal_in_its_log
     assert why_lines(workspace.buildbox("run", recipe, "-q")) == [f"build {name}: rebuilding: cache entry gone"]
 
 
-def test_a_new_commit_is_named_as_the_reason_for_the_source_and_the_build(
-        workspace: Workspace, tmp_path: Path) -> None:
-    repo = go_repo(tmp_path / "repo", greeting=uuid.uuid4().hex)
-    name = f"why{uuid.uuid4().hex[:8]}"
-    recipe = workspace.recipe(name, f"""\
+def copying_recipe(ws: Workspace, name: str, repo: Path) -> Path:
+    """A recipe whose build copies its git source's main.go: a source stage that is cheap to redo."""
+    return ws.recipe(name, f"""\
         [packages]
         install = ["git", "golang-go"]
         [source]
@@ -67,6 +65,13 @@ def test_a_new_commit_is_named_as_the_reason_for_the_source_and_the_build(
         [build]
         script = 'cp main.go "$OUT/"'
         """)
+
+
+def test_a_new_commit_is_named_as_the_reason_for_the_source_and_the_build(
+        workspace: Workspace, tmp_path: Path) -> None:
+    repo = go_repo(tmp_path / "repo", greeting=uuid.uuid4().hex)
+    name = f"why{uuid.uuid4().hex[:8]}"
+    recipe = copying_recipe(workspace, name, repo)
     old = git(repo, "rev-parse", "HEAD")
     workspace.buildbox("run", recipe, "-q")
     (repo / "main.go").write_text((repo / "main.go").read_text() + "// later\n")
@@ -81,15 +86,7 @@ def test_list_is_offline_read_only_and_takes_no_lock_while_a_run_holds_the_cache
         workspace: Workspace, tmp_path: Path) -> None:
     repo = go_repo(tmp_path / "repo", greeting=uuid.uuid4().hex)
     name = f"list{uuid.uuid4().hex[:8]}"
-    recipe = workspace.recipe(name, f"""\
-        [packages]
-        install = ["git", "golang-go"]
-        [source]
-        git = "{repo}"
-        ref = "main"
-        [build]
-        script = 'cp main.go "$OUT/"'
-        """)
+    recipe = copying_recipe(workspace, name, repo)
     workspace.buildbox("run", recipe, "-q")
     resolved = git(repo, "rev-parse", "HEAD")
     (repo / "main.go").write_text("// moved on\n")
