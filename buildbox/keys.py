@@ -129,26 +129,28 @@ WORDS = {"script": "script changed", "env": "env changed", "limits": "limits cha
 
 
 def reasons(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Why a stage whose key document was old is made again with new: one phrase per difference."""
+    """Why a stage whose key document was old is made again with new: one phrase per difference,
+    the pins first (sets, packages, source, fetched tree), then the other fields by name."""
     if old.get("format") != new.get("format") or old.get("kind") != new.get("kind"):
         return [f"key format {old.get('format')} -> {new.get('format')}"]
-    before, after = old.get("inputs", {}), new.get("inputs", {})
-    if "pins" in after:   # a build: its pins first, then the recipe's fields
-        found = _pin_reasons(before.get("pins", {}), after["pins"])
-        before = {k: v for k, v in before.items() if k != "pins"}
-        after = {k: v for k, v in after.items() if k != "pins"}
-    else:
-        found = _pin_reasons({k: before.get(k) for k in ("sets", "packages") if k in before},
-                             {k: after[k] for k in ("sets", "packages") if k in after})
-        before = {k: v for k, v in before.items() if k not in ("sets", "packages")}
-        after = {k: v for k, v in after.items() if k not in ("sets", "packages")}
-    if after.keys() >= {"commit"} or after.keys() >= {"url-sha256"} or "version" in after:
-        found += _source_reasons(before, after)
-        return found
-    for name in sorted(set(before) | set(after)):
+    before, after = _pinned_view(old), _pinned_view(new)
+    found = _pin_reasons(before, after)
+    for name in sorted((set(before) | set(after)) - set(PINS)):
         if before.get(name) != after.get(name):
             found.append(WORDS.get(name, f"{name} changed"))
     return found
+
+
+PINS = ("sets", "packages", "source", "fetch")
+
+
+def _pinned_view(doc: dict[str, Any]) -> dict[str, Any]:
+    """A document's inputs with its pins at the top: a build's `pins` spread out, a pinned source
+    document as the `source` it is."""
+    inputs = doc.get("inputs", {})
+    if doc.get("kind") == "source" and "layer" not in inputs:
+        return {"source": inputs}
+    return {**{k: v for k, v in inputs.items() if k != "pins"}, **inputs.get("pins", {})}
 
 
 def _pin_reasons(before: dict[str, Any], after: dict[str, Any]) -> list[str]:

@@ -303,7 +303,8 @@ class Planner:
     def remember(self, recipe: Recipe) -> None:
         """Record what the recipe stands on now (each made stage's key, and the commit its ref
         named): the next run says why against it, and `list` works from it offline."""
-        record = self.store.last_run(recipe.name)
+        before = self.store.last_run(recipe.name)
+        record = dict(before)
         stages = dict(record.get("stages", {}))
         offline, self.offline = self.offline, True   # only what this run resolved; nothing afresh
         try:
@@ -318,7 +319,8 @@ class Planner:
         if commit and isinstance(recipe.source, GitSource):
             record["git"] = {"url": recipe.source.url, "ref": recipe.source.ref, "commit": commit,
                              "when": int(time.time())}
-        self.store.record_run(recipe.name, record)
+        if record != before:   # the cached no-op writes nothing
+            self.store.record_run(recipe.name, record)
 
     # -- stages -----------------------------------------------------------------------------
     def make_set(self, spec: Set, digest: str | None = None, where: str = "", recipe: Recipe | None = None,
@@ -504,8 +506,9 @@ class Planner:
             if "commit" in pin:
                 with self._lock:
                     self._memo[("commit", recipe.name)] = pin["commit"]
-            source = self.store.ensure("sources", keys.source_key(pin),
-                                       lambda tmp: self._fetch(recipe, tmp, layers), inputs=keys.source_document(pin))
+            document = keys.source_document(pin)
+            source = self.store.ensure("sources", keys.key(document), lambda tmp: self._fetch(recipe, tmp, layers),
+                                       inputs=document)
             pins["fetch"] = self.fetch_afresh(recipe, [source, *layers], recipe.fetch.sha256, "the recipe pins")
         return pins
 
