@@ -188,3 +188,27 @@ def test_a_curl_fetch_is_kept_read_only_and_the_build_still_has_no_network(
     first = fetch_digest_of(recipe.with_suffix(".lock"))
     workspace.buildbox("lock", recipe)
     assert fetch_digest_of(recipe.with_suffix(".lock")) == first
+
+
+def test_the_recipes_limits_hold_for_the_fetch_and_its_log_is_kept(workspace: Workspace, tmp_path: Path) -> None:
+    source = tmp_path / "src.tar"
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "README").write_text("a source\n")
+    subprocess.run(["tar", "-C", tmp_path / "src", "-cf", source, "README"], check=True)
+    recipe = workspace.recipe("slowfetch", f"""\
+        [source]
+        url = "{source}"
+        sha256 = "{hashlib.sha256(source.read_bytes()).hexdigest()}"
+        [fetch]
+        script = 'echo fetching; sleep 600'
+        [build]
+        script = 'true'
+        [limits]
+        timeout = "3s"
+        """)
+    failed = workspace.buildbox("run", recipe, "-q", check=1)
+    assert "the fetch of slowfetch was stopped: it ran longer than its wall-clock limit ([limits] timeout = 3s)" \
+        in failed.stderr
+    assert "fetching" in (workspace.cache / "logs" / "slowfetch" / "fetch.log").read_text()
+    assert "--> build:" not in failed.stderr, "the build ran after its fetch failed"
+    assert mounts_under(workspace.cache) == []
