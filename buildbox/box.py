@@ -17,14 +17,16 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
-from buildbox import log
+from buildbox import idmap, log, space
 from buildbox.errors import BuildFailed, InputError
 from buildbox.inroot import Root
+from buildbox.log import debug
 from buildbox.process import run
-from buildbox.store import Store, mounts_under, remove_tree
+from buildbox.store import Ids, Store, mounts_under, remove_tree
 
 # The device nodes a build needs and nothing else (no disks, no consoles, no host ttys): bound
 # from the host into the tmpfs /dev each box gets of its own.
@@ -35,11 +37,14 @@ MAX_SYMLINKS = 40
 ENTER = Path(__file__).with_name("enter.py")
 HOSTNAME = "buildbox"
 CLONE_NEWUTS = 0x04000000
-# Every command in a box gets its own mount, UTS, IPC and PID namespaces (its own /proc, its own
-# hostname, no host processes in sight), and its own network namespace unless it fetches.
-NAMESPACES = ("mount", "uts", "ipc", "pid")
+# Every command in a box gets its own user, mount, UTS, IPC and PID namespaces (its ids mapped
+# onto the cache's range, its own /proc, its own hostname, no host processes in sight), and its
+# own network namespace unless it fetches.
+NAMESPACES = ("user", "mount", "uts", "ipc", "pid")
 KEPT = "kept"   # a box left with --keep, for the user: never reaped
 IMAGE = "disk.img"   # a box's disk, where its upper layer lives when [limits] disk bounds it
+T = TypeVar("T")
+MIN_DISK = 16 << 20   # the least a box's disk can be (ext4 and a build need room), as [limits] disk's least
 
 
 def resolve_in_root(root: Path, path: str) -> Path:
@@ -74,12 +79,17 @@ def resolve_in_root(root: Path, path: str) -> Path:
 
 
 class Box:
-    """A writable clone of `layers` (top first), mounted at self.root for the life of the block."""
+    """A writable clone of `layers` (top first), mounted at self.root for the life of the block.
+
+    The overlay's layers are idmapped mounts onto the cache's id range (idmap.py), and every
+    command runs in a user namespace of that range: box root is not host root. With ids=False,
+    a plain overlay in which nothing may run (the base stage: host code fills it)."""
 
     def __init__(self, store: Store, layers: Sequence[Path], *, label: str,
                  upper: Path | None = None, keep: bool = False, log: Path | None = None,
-                 save_failed: Path | None = None, disk: int | None = None) -> None:
+                 save_failed: Path | None = None, disk: int | None = None, ids: bool = True) -> None:
         self.store = store
+        self.ids: Ids | None = store.ids() if ids else None
         self.disk = disk   # bytes the box may write: its upper layer on an ext4 image of that size
         self.save_failed = save_failed   # where the box's changes go if its block fails
         self._failed = False
@@ -98,33 +108,79 @@ class Box:
             if any(c in str(path) for c in ":,\n"):
                 raise InputError(f"the cache path {path} holds ':' or ','", hint="use a cache path without them")
         self.dir.mkdir(parents=True)
+        # Box root enters its root from here (enter.py): searchable whatever the host's umask
+        # (verify runs under 077); cache/boxes above it is host root's alone.
+        os.chmod(self.dir, 0o711)
         self._stack.callback(self._remove)
         try:
-            work = self.dir / "work"
+            # The work directory beside the upper one: overlayfs wants both on one mount.
+            work = self.upper.parent / f".{self.upper.name}.work"
             if self.disk:
                 work = self._mount_disk()
+            else:
+                self._stack.callback(remove_tree, work)
             lowers = [self._mount_image(layer, index) if layer.is_file() else layer
                       for index, layer in enumerate(self.layers)]
             for d in (self.upper, work, self.root):
                 d.mkdir(exist_ok=True)
             # The upper layer's top is the box's /: its mode must not follow the host's umask.
             os.chmod(self.upper, 0o755)
-            lower = ":".join(str(p) for p in lowers)
+            if self.ids:
+                lowers = [self._idmapped(layer, f"l{index}", readonly=True) for index, layer in enumerate(lowers)]
+                both = self._idmapped(self.upper.parent, "u", readonly=False)
+                upper, work = both / self.upper.name, both / work.name
+            else:
+                upper = self.upper
+            # Layers named relative to the box's folder: the overlay's options, which every
+            # mountinfo shows, then name no host path.
+            lower = ":".join(os.path.relpath(p, self.dir) for p in lowers)
+            options = (f"lowerdir={lower},upperdir={os.path.relpath(upper, self.dir)},"
+                       f"workdir={os.path.relpath(work, self.dir)}")
             # nosuid,nodev: a setuid file or a device node written into the box grants nothing.
-            self._mount(["-t", "overlay", "overlay", "-o",
-                         f"nosuid,nodev,lowerdir={lower},upperdir={self.upper},workdir={work}"],
-                        self.root, undo=not self.keep)
+            if self.ids:
+                idmap.mount_overlay(self.root, options, cwd=self.dir, ids=self.ids)
+                if not self.keep:
+                    self._stack.callback(_unmount, self.root)
+            else:
+                self._mount(["-t", "overlay", "overlay", "-o", f"nosuid,nodev,{options}"], self.root,
+                            undo=not self.keep, cwd=self.dir)
         except BaseException:
             self._stack.close()
             raise
         return self
 
+    def _idmapped(self, source: Path, name: str, *, readonly: bool) -> Path:
+        """source seen through the cache's id mapping, at a mount point of that name in the box's folder."""
+        assert self.ids
+        place = self.dir / name
+        place.mkdir()
+        idmap.mount_idmapped(source, place, self.ids, readonly=readonly)
+        if not self.keep:
+            self._stack.callback(_unmount, place)
+        return place
+
+    def as_root(self, work: Callable[[Path], T]) -> T:
+        """work(root) done on the box's tree as the box's root (its files then belong to the
+        box's ids); root is the box's / as a path work can use."""
+        if not self.ids:
+            return work(self.root)
+        return idmap.as_box_root(self.ids, self.root, work)
+
     def _mount_disk(self) -> Path:
         """The upper layer on an ext4 image of `disk` bytes (sparse: it takes what is written), so
         that a build fills its own disk and not the host's; returns the overlay's work directory."""
         image, disk = self.dir / IMAGE, self.dir / "disk"
+        # Sparse, so it takes only what is written: no larger than the cache's filesystem can
+        # still give, less a reserve, or a full box would fill the host's disk too.
+        reserve = space.reserve(self.dir)
+        size = min(self.disk, space.free_bytes(self.dir) - reserve)
+        if size < MIN_DISK:
+            space.require_room(self.dir, MIN_DISK + reserve, f"the box {self.label}'s disk ([limits] disk)",
+                         "lower [limits] disk in the recipe")
+        if size < self.disk:
+            log.note(f"the box's disk is {size >> 20}M, the cache's free space less a reserve, not [limits] disk")
         with open(image, "wb") as f:
-            f.truncate(self.disk)
+            f.truncate(size)
         run(["mkfs.ext4", "-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard", image],
             what="making the box's disk", capture=True)
         disk.mkdir()
@@ -149,9 +205,11 @@ class Box:
 
     def write(self, box_path: str, text: str) -> None:
         """A new file in the box (resolved inside it; a link there is replaced, not written through)."""
-        with Root(self.root) as tree:
-            tree.makedirs(os.path.dirname(box_path), mode=0o755)
-            tree.write(box_path, text)
+        def write(root: Path) -> None:
+            with Root(root) as tree:
+                tree.makedirs(os.path.dirname(box_path), mode=0o755)
+                tree.write(box_path, text)
+        self.as_root(write)
 
     def bind(self, host: Path, box_path: str, *, readonly: bool = True) -> None:
         """Make a host path visible in the box (on purpose, and said in the log)."""
@@ -161,6 +219,10 @@ class Box:
         if self.log:
             with open(self.log, "a") as f:
                 f.write(f"buildbox: {line}\n")
+        if self.ids:   # its owners as the box sees them: the cache's box ids, host root as box root
+            idmap.mount_idmapped(host, target, self.ids, readonly=readonly)
+            self._stack.callback(_unmount, target)
+            return
         self._mount(["--bind", str(host)], target)
         if readonly:
             run(["mount", "-o", "remount,bind,ro,nosuid,nodev", target], what=f"read-only remount of {box_path}")
@@ -169,14 +231,16 @@ class Box:
         """A mount point inside the box, made if missing; never a symlink that could lead out."""
         # Directories made here are 0755 whatever the host's umask (verify runs under 077): the
         # build user must be able to reach what is bound below them.
-        with Root(self.root) as tree:
-            tree.makedirs(box_path if dir else os.path.dirname(box_path), mode=0o755)
-            if not dir and tree.lstat(box_path) is None:
-                tree.write(box_path, "")
+        def make(root: Path) -> None:
+            with Root(root) as tree:
+                tree.makedirs(box_path if dir else os.path.dirname(box_path), mode=0o755)
+                if not dir and tree.lstat(box_path) is None:
+                    tree.write(box_path, "")
+        self.as_root(make)
         return self.path(box_path)
 
-    def _mount(self, args: list[str], target: Path, *, undo: bool = True) -> None:
-        run(["mount", *args, target], what=f"mount {target}")
+    def _mount(self, args: list[str], target: Path, *, undo: bool = True, cwd: Path | None = None) -> None:
+        run(["mount", *args, target], what=f"mount {target}", cwd=cwd)
         if undo:
             self._stack.callback(_unmount, target)
 
@@ -185,21 +249,26 @@ class Box:
             stream: bool = False, capture: bool = False, network: bool = False,
             limits: Mapping[str, int] | None = None, timeout: float | None = None,
             silence: float | None = None, interactive: bool = False, log_limit: int | None = None,
-            cgroups: Sequence[str] = (), outbound: bool = False) -> str:
+            cgroups: Sequence[str] = (), outbound: bool = False, host_ports: Sequence[int] = ()) -> str:
         """Run argv inside the box, in fresh namespaces, with exactly env (root's PATH if none),
         as user "UID:GID" or root; in the cgroups whose cgroup.procs files are given. Without a
         network unless asked for one: the host's own (network: the stages that fetch pinned
         content), or with outbound, a network namespace of the box's own whose traffic pasta
-        carries out (a build's `network = true`: the host's loopback, its abstract sockets and
-        its gateway stay out of reach)."""
+        carries out (a build's `network = true`, a fetch: the host's loopback, its abstract
+        sockets and its gateway stay out of reach, but for the TCP host_ports, which the box's
+        127.0.0.1:PORT reaches on the host's loopback)."""
+        assert self.ids, "nothing runs in a box without ids of its own"
+        netns = self._outbound_netns(host_ports) if outbound else None
         plan = {"root": str(self.root), "cwd": cwd, "argv": list(argv), "env": dict(env or {"PATH": ROOT_PATH}),
                 "user": [int(n) for n in user.split(":")] if user else None, "network": network,
-                "hostname": HOSTNAME, "devices": list(DEVICES), "limits": dict(limits or {}), "cgroups": list(cgroups)}
+                "hostname": HOSTNAME, "devices": list(DEVICES), "limits": dict(limits or {}), "cgroups": list(cgroups),
+                "ids": self.ids.map_line(), "netns": str(netns) if netns else None}
+        debug(f"box {self.label}: uid and gid map {self.ids.map_line().strip()} (box id, host id, count); "
+                  f"pivot_root into {self.root}")
         return _enter(plan, self.dir, what=what, log=log, stream=stream, capture=capture, timeout=timeout,
-                      silence=silence, interactive=interactive, log_limit=log_limit,
-                      netns=self._outbound_netns() if outbound else None)
+                      silence=silence, interactive=interactive, log_limit=log_limit)
 
-    def _outbound_netns(self) -> Path:
+    def _outbound_netns(self, host_ports: Sequence[int] = ()) -> Path:
         """A network namespace of the box's own (bound to a file in the box's folder, so that it
         goes with the box), its traffic carried out by pasta, which quits when it is gone."""
         netns = self.dir / "netns"
@@ -211,16 +280,18 @@ class Box:
         self._stack.callback(netns.unlink, missing_ok=True)
         run(["unshare", f"--net={netns}", "true"], what="making the build's network namespace")
         self._stack.callback(_unmount, netns)
-        # -T/-U none: no port of the box's reaches the host's loopback; --no-map-gw: the gateway
-        # address is not the host. --runas 0: Debian 12's pasta would drop to nobody and fail.
-        run(["pasta", "--runas", "0", "-T", "none", "-U", "none", "--no-map-gw", "--config-net", "--quiet",
+        # -T/-U none: no port of the box's reaches the host's loopback (-T PORTS: only those, TCP);
+        # --no-map-gw: the gateway address is not the host. --runas 0: Debian 12's pasta would
+        # drop to nobody and fail.
+        tcp = ",".join(str(int(port)) for port in host_ports) or "none"
+        run(["pasta", "--runas", "0", "-T", tcp, "-U", "none", "--no-map-gw", "--config-net", "--quiet",
              "--netns", netns, "--netns-only"], what="pasta for the build's network", capture=True)
         return netns
 
     def _remove(self) -> None:
         if self.keep:
             (self.dir / KEPT).touch()
-            mounted = " ".join(shlex.quote(str(p)) for p in (self.root, *([self.dir / "disk"] if self.disk else [])))
+            mounted = " ".join(shlex.quote(p) for p in mounts_under(self.dir))
             log.say(f"buildbox: kept the box {self.label} at {self.root}: "
                     f"`chroot {shlex.quote(str(self.root))}` to look; "
                     f"`umount -R {mounted} && rm -r {shlex.quote(str(self.dir))}` when done")
@@ -252,23 +323,27 @@ class Box:
 
 
 def run_on_host(store: Store, argv: Sequence[str], *, writable: Path, at: str, uid: int, env: Mapping[str, str],
-                what: str, log: Path | None, stream: bool, timeout: float) -> str:
-    """Run argv on a read-only view of the host (its own libraries, nothing of it writable), with
-    `writable` bound at `at` (in a /tmp of its own), as uid with no capabilities, no_new_privs
-    and the seccomp filter, in mount, PID, network, IPC and UTS namespaces of its own: whatever
-    it starts, daemons included, dies when it ends, and it reaches no network."""
+                what: str, log: Path | None, stream: bool, timeout: float, limits: Mapping[str, int] | None = None,
+                cgroups: Sequence[str] = ()) -> str:
+    """Run argv on a view of the host that holds only what running a host binary needs (/usr, /bin,
+    /sbin, /lib*, /etc, read-only: its own libraries; empty /run, /var, /home, /root, so no host
+    unix socket), with `writable` bound at `at` (in a /tmp of its own) and the six device nodes,
+    as uid with no capabilities, no_new_privs and the seccomp filter, in the cgroups given and
+    with limits, in mount, PID, network, IPC and UTS namespaces of its own: whatever it starts,
+    daemons included, dies when it ends, and it reaches no network."""
     plan = {"root": "/", "cwd": at, "argv": list(argv), "env": dict(env), "user": [uid, uid], "network": False,
-            "hostname": HOSTNAME, "devices": [], "limits": {}, "host_view": {"writable": str(writable), "at": at}}
+            "hostname": HOSTNAME, "devices": list(DEVICES), "limits": dict(limits or {}), "cgroups": list(cgroups),
+            "host_view": {"writable": str(writable), "at": at}}
     return _enter(plan, store.dir("boxes"), what=what, log=log, stream=stream, timeout=timeout,
                   timeout_key="[verify] timeout")
 
 
 def _enter(plan: dict, private: Path, *, what: str, log: Path | None = None, stream: bool = False,
            capture: bool = False, timeout: float | None = None, silence: float | None = None,
-           interactive: bool = False, log_limit: int | None = None, timeout_key: str = "[limits] timeout",
-           netns: Path | None = None) -> str:
-    """Run enter.py with plan as the first process of fresh namespaces (NAMESPACES, and a network
-    namespace of its own unless the plan has the network)."""
+           interactive: bool = False, log_limit: int | None = None, timeout_key: str = "[limits] timeout") -> str:
+    """Run enter.py with plan: a box's plan (with "ids") makes its namespaces itself (NAMESPACES,
+    and a network namespace of its own unless the plan has the network or names one); a host
+    view's runs as the first process of fresh mount, UTS, IPC, PID and network namespaces."""
     # The plan (the environment, secrets included, and the command) goes through a file only
     # root can read (in `private`), which enter.py removes once read: a command line is every
     # host user's to see.
@@ -276,11 +351,10 @@ def _enter(plan: dict, private: Path, *, what: str, log: Path | None = None, str
     fd = os.open(plan_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(plan, f)
+    unshare = [] if plan.get("ids") else ["unshare", "--mount", "--uts", "--ipc", "--pid", "--net", "--fork",
+                                          "--kill-child", "--propagation", "private", "--"]
     command = ["setpriv", "--pdeathsig", "KILL",   # the box dies with buildbox, even by SIGKILL
-               *(["nsenter", f"--net={netns}"] if netns else []),
-               "unshare", *(f"--{ns}" for ns in NAMESPACES), *([] if plan["network"] or netns else ["--net"]),
-               "--fork", "--kill-child", "--propagation", "private",
-               "--", sys.executable, "-I", str(ENTER), str(plan_file)]
+               *unshare, sys.executable, "-I", str(ENTER), str(plan_file)]
     try:
         return run(command, what=what, log=log, stream=stream, capture=capture, timeout=timeout,
                    silence=silence, interactive=interactive, log_limit=log_limit, timeout_key=timeout_key)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from buildbox import __version__, log
+from buildbox import __version__, log, process
 from buildbox.base import renumber_user
 from buildbox.constants import BUILDER, EPOCH, FETCH, OUT, SRC, BuildUser
 from buildbox.box import NAMESPACES, Box, resolve_in_root, run_on_host
@@ -59,13 +59,16 @@ def offline_env(env: dict[str, str]) -> dict[str, str]:
 
 
 def secrets(recipe: Recipe) -> dict[str, str]:
-    """The values of the recipe's secret-env, from the invoking environment; one unset is bad input."""
+    """The values of the recipe's secret-env, from the invoking environment; one unset is bad input.
+    From then on they are *** in every command's log and output (process.mask)."""
     missing = [name for name in recipe.secret_env if name not in os.environ]
     if missing:
         raise InputError(f"secret-env names {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
                          "not set in buildbox's environment", where=recipe.at("script"),
                          hint=f"export {missing[0]}=... before running buildbox")
-    return {name: os.environ[name] for name in recipe.secret_env}
+    values = {name: os.environ[name] for name in recipe.secret_env}
+    process.mask(values.values())
+    return values
 
 
 def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, inputs: dict[str, Any],
@@ -89,7 +92,7 @@ def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, in
         if fetched:
             box.bind(fetched, FETCH)   # read-only: the build uses what was fetched, and changes none of it
         if user != BUILDER:
-            renumber_user(box.root, BUILDER, user)
+            box.as_root(lambda root: renumber_user(root, BUILDER, user))
         log.note(f"build log: {logfile}")
         limits = recipe.limits
         env = build_env(recipe, user)
@@ -225,7 +228,7 @@ def collect(root: Path, box_dir: str) -> dict[str, Path]:
         nonlocal visited
         visited += 1
         if depth > MAX_DEPTH:
-            raise BuildFailed(f"$OUT/{rel} nests deeper than {MAX_DEPTH} levels (a symlink loop?)")
+            raise BuildFailed(f"$OUT/{log.escaped(rel)} nests deeper than {MAX_DEPTH} levels (a symlink loop?)")
         if visited > MAX_ENTRIES:
             raise BuildFailed(f"$OUT holds more than {MAX_ENTRIES} entries, links followed (a symlink fan-out?)",
                               hint="put fewer, bigger artifacts in $OUT (a tarball of a tree)")
@@ -239,10 +242,11 @@ def collect(root: Path, box_dir: str) -> dict[str, Path]:
                                   hint="name that artifact differently")
             found[rel] = real
         elif not real.exists():
-            raise BuildFailed(f"$OUT/{rel} leads to {real.relative_to(root)}, which does not exist in the box",
+            raise BuildFailed(f"$OUT/{log.escaped(rel)} leads to {log.escaped(str(real.relative_to(root)))}, "
+                              "which does not exist in the box",
                               hint="copy the file itself into $OUT")
         else:
-            raise BuildFailed(f"$OUT/{rel} is not a regular file (a device, socket or fifo)")
+            raise BuildFailed(f"$OUT/{log.escaped(rel)} is not a regular file (a device, socket or fifo)")
 
     walk(box_dir, "", 0)
     return found
@@ -255,11 +259,11 @@ def check_in_box(box: Box, artifacts: dict[str, Path], user: BuildUser = BUILDER
         if info is None or info.static:
             continue
         box_path = "/" + str(real.relative_to(box.root))
-        out = box.run(["ldd", box_path], what=f"ldd {rel}", user=user.spec, env=user.login_env(),
+        out = box.run(["ldd", box_path], what=f"ldd {log.escaped(rel)}", user=user.spec, env=user.login_env(),
                       capture=True, limits=Limits().rlimits(), timeout=600)
         missing = [line.split()[0] for line in out.splitlines() if "not found" in line]
         if missing:
-            raise BuildFailed(f"{rel}: ldd inside the box finds no {', '.join(missing)}",
+            raise BuildFailed(f"{log.escaped(rel)}: ldd inside the box finds no {', '.join(missing)}",
                               hint="add the package that ships it to [packages] install")
 
 
@@ -269,7 +273,7 @@ def elf_facts(rel: str, path: Path) -> ElfInfo | None:
     try:
         return read_elf(path)
     except MalformedElf as err:
-        raise BuildFailed(f"{rel} is not a well-formed ELF file ({err})",
+        raise BuildFailed(f"{log.escaped(rel)} is not a well-formed ELF file ({err})",
                           hint="the build wrote a damaged binary: look at the build log") from None
 
 
@@ -287,13 +291,14 @@ def verify_on_host(recipe: Recipe, files: Path) -> dict[str, dict[str, Any]]:
                               "needed": list(info.needed), "rpath": list(info.rpath),
                               "runpath": list(info.runpath)}}
         if recipe.static and not info.static:
-            raise BuildFailed(f"{rel} is dynamically linked ({', '.join(info.needed) or info.interpreter}) "
-                              "but [verify] static = true", hint="link it statically (CGO_ENABLED=0 for Go)")
+            raise BuildFailed(f"{log.escaped(rel)} is dynamically linked "
+                              f"({', '.join(info.needed) or info.interpreter}) but [verify] static = true",
+                              hint="link it statically (CGO_ENABLED=0 for Go)")
         if info.interpreter and not os.path.exists(info.interpreter):
-            raise BuildFailed(f"{rel} needs the loader {info.interpreter}, which the host does not have")
+            raise BuildFailed(f"{log.escaped(rel)} needs the loader {info.interpreter}, which the host does not have")
         missing = [name for name, where in resolve_needed(info, path.parent, dirs).items() if where is None]
         if missing:
-            raise BuildFailed(f"{rel} needs {', '.join(missing)}, which the host does not have",
+            raise BuildFailed(f"{log.escaped(rel)} needs {', '.join(missing)}, which the host does not have",
                               hint="install it on the host, or build statically ([verify] static = true)")
     return facts
 
@@ -322,8 +327,14 @@ def run_verify_commands(store: Store, recipe: Recipe, files: Path, logfile: Path
         env = {"PATH": f"{at}/artifacts:/usr/local/bin:/usr/bin:/bin", "HOME": at, "LANG": "C.UTF-8", "TZ": "UTC"}
         for command in recipe.verify_run:
             log.note(f"verify: {command}")
-            run_on_host(store, ["sh", "-ec", command], writable=place, at=at, uid=VERIFY_UID, env=env,
-                        what=f"the verify command `{command}`", log=logfile, stream=not log.quiet,
-                        timeout=recipe.verify_timeout)
+            # Bounded as the build is: the recipe's memory and processes for the command and all
+            # it starts (a cgroup), its per-process limits.
+            with whole_box_limits(recipe, logfile) as (group, rlimits):
+                try:
+                    run_on_host(store, ["sh", "-ec", command], writable=place, at=at, uid=VERIFY_UID, env=env,
+                                what=f"the verify command `{command}`", log=logfile, stream=not log.quiet,
+                                timeout=recipe.verify_timeout, limits=rlimits, cgroups=group.procs if group else [])
+                except BuildFailed as err:
+                    raise name_the_limit(err, recipe, group.hit() if group else None) from None
     finally:
         remove_tree(place)

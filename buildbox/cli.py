@@ -86,6 +86,7 @@ def _cache_path(text: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    log.debugging = args.debug
     try:
         if getattr(args, "cache", False) is None:
             from buildbox.store import default_cache
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         if args.debug:
             traceback.print_exc()
-        failure = os_failure(err)
+        failure = os_failure(err, getattr(args, "cache", None))
         log.error(failure)
         return failure.exit_code
     except KeyboardInterrupt:
@@ -146,7 +147,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         out = planner.out_dir(recipe)
         manifest = json.loads((out / "manifest.json").read_text())
         for rel, fact in manifest["artifacts"].items():
-            print(log.printable(f"{fact['sha256']}  {out / rel}"))
+            print(f"{fact['sha256']}  {log.escaped(str(out / rel))}")   # one line per artifact, whatever its name
     return 0
 
 
@@ -166,12 +167,12 @@ def _relock(store, recipes: list) -> list:
     from buildbox.tasks import relock
     for path, pins, changed in relock(store, recipes):
         if changed is None:
-            print(f"lock: wrote {path}: {len(pins['sets'])} set(s), {len(pins['packages'])} packages, "
-                  f"source {describe_source(pins['source'])}")
+            print(f"lock: wrote {log.escaped(str(path))}: {len(pins['sets'])} set(s), {len(pins['packages'])} "
+                  f"packages, source {log.escaped(describe_source(pins['source']))}")
         else:
-            print(f"lock: {path}: {len(changed) or 'nothing'} changed")
+            print(f"lock: {log.escaped(str(path))}: {len(changed) or 'nothing'} changed")
             for line in changed:
-                print(f"  {line}")
+                print(f"  {log.escaped(line)}")
     return [load_recipe(r.path) for r in recipes]
 
 
@@ -221,15 +222,15 @@ def cmd_list(args: argparse.Namespace) -> int:
         except BuildboxError:
             state, why = "needs a build (not resolved yet)", planner.stale(recipe)
         locked = f" (locked: {recipe.lock.path.name})" if recipe.lock else ""
-        print(f"{recipe.name:24} {state:36} {size:>9}  {recipe.path}{locked}")
+        print(f"{recipe.name:24} {state:36} {size:>9}  {log.escaped(str(recipe.path))}{locked}")
         last = planner.store.last_run(recipe.name).get("git", {})
         if isinstance(recipe.source, GitSource) and not recipe.lock and last.get("ref") == recipe.source.ref:
             age = time.time() - last["when"]
             ago = f"{age / 60:.0f} min" if age < 7200 else f"{age / 3600:.0f} h"
-            print(f"    ref {recipe.source.ref} taken at {last['commit'][:12]}, as resolved {ago} ago: "
+            print(f"    ref {log.escaped(recipe.source.ref)} taken at {last['commit'][:12]}, as resolved {ago} ago: "
                   "it may have moved since (`buildbox run` resolves it again; a lock pins it)")
         if why:
-            print(f"    why: {why}")
+            print(f"    why: {log.escaped(why)}")
     if planner.store.root.is_dir():
         sizes = {kind: tree_size(planner.store.root / kind) for kind in (*KINDS, "debs")}
         print("cache: " + ", ".join(f"{kind} {_human(size)}" for kind, size in sizes.items() if size)

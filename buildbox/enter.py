@@ -1,7 +1,15 @@
-"""Enter a box: run as the first process of fresh namespaces (unshare --mount --uts --ipc --pid
-[--net] --fork), it mounts the box's own /proc and /dev, names the host, brings up loopback, chroots,
-and runs the command as its child: with limits, and for the build user without any way back to
-root. When the command ends, this process exits, and the kernel kills everything left in the box.
+"""Enter a box: this process (host root) joins the box's cgroup and network namespace, then
+forks a child that unshares user, mount, UTS, IPC, PID (and network) namespaces and waits for
+this one to map its ids onto the cache's range (uid_map, gid_map). The child becomes box root and
+forks the box's first process, which mounts the box's own /proc and /dev, names the host, brings
+up loopback, pivots into the box's root and detaches the host's (so the box's mount table holds
+only what the box was given and pins no host mount), and runs the command as its child: with
+limits, and for the build user without any way back to root. Box root holds capabilities over
+its own namespaces only. When the command ends, the first process exits, and the kernel kills
+everything left in the box.
+
+A host view (verify's commands on the host) is run as the first process of namespaces that
+unshare(1) made, and keeps the host's root, read-only.
 
 Run by path with the host's python3 (it imports nothing of buildbox; libseccomp through
 pyseccomp), with the path of its plan: a JSON file only root can read, removed once read. Order
@@ -20,8 +28,13 @@ import socket
 import struct
 import sys
 
-MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND = 0x2, 0x4, 0x8, 0x1000
-PR_SET_NO_NEW_PRIVS, PR_CAPBSET_DROP = 38, 24
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x8, 0x1000, 0x4000, 0x40000
+MNT_DETACH = 0x2
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = (
+    0x20000, 0x4000000, 0x8000000, 0x10000000, 0x20000000, 0x40000000)
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217, "i686": 217,
+                  "armv7l": 218}
+PR_SET_NO_NEW_PRIVS, PR_CAPBSET_DROP, PR_SET_PDEATHSIG = 38, 24, 1
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP, IFF_RUNNING = 0x8913, 0x8914, 0x1, 0x40
 LIMITS = {"address-space": resource.RLIMIT_AS, "processes": resource.RLIMIT_NPROC, "files": resource.RLIMIT_NOFILE,
           "cpu": resource.RLIMIT_CPU, "file-size": resource.RLIMIT_FSIZE}
@@ -48,7 +61,8 @@ LOW_32 = 0xFFFFFFFF
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
-SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY = 442, -100, 0x8000, 0x1
+SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE = 442, -100, 0x8000
+MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV = 0x1, 0x2, 0x4
 
 
 class MountAttr(ctypes.Structure):
@@ -74,6 +88,12 @@ def seccomp_filter(seccomp):
         rules.add_rule(deny, name)
     rules.add_rule(deny, "socket", seccomp.Arg(0, seccomp.MASKED_EQ, LOW_32, AF_VSOCK))
     rules.add_rule(deny, "socketpair", seccomp.Arg(0, seccomp.MASKED_EQ, LOW_32, AF_VSOCK))
+    # No user namespace of its own: in one the build user would be root again, with mount and
+    # the rest of the deny list's reach over what it made (clone3's flags are out of seccomp's
+    # sight: it is refused as missing, and libc falls back to clone).
+    for call in ("unshare", "clone"):
+        rules.add_rule(deny, call, seccomp.Arg(0, seccomp.MASKED_EQ, CLONE_NEWUSER, CLONE_NEWUSER))
+    rules.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
     for request in (TIOCSTI, TIOCLINUX):
         rules.add_rule(deny, "ioctl", seccomp.Arg(1, seccomp.MASKED_EQ, LOW_32, request))
     try:
@@ -95,8 +115,9 @@ def mount(source, target, fstype, flags, data=""):
         fail(f"mount {target}: {os.strerror(ctypes.get_errno())}")
 
 
-def make_dev(root, devices):
-    """A /dev of the box's own: a tmpfs holding the few host nodes a build needs, and nothing else."""
+def make_dev(root, devices, ptys=True):
+    """A /dev of the box's own: a tmpfs holding the few host nodes a build needs, and nothing else
+    (with ptys, a devpts of its own and /dev/ptmx)."""
     dev = os.path.join(root, "dev")
     mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=1m")
     for name in devices:
@@ -104,30 +125,60 @@ def make_dev(root, devices):
         open(node, "w").close()
         mount(f"/dev/{name}", node, None, MS_BIND)
     for name, target in DEV_LINKS.items():
-        os.symlink(target, os.path.join(dev, name))
+        if ptys or name != "ptmx":
+            os.symlink(target, os.path.join(dev, name))
     for name in ("pts", "shm"):
         os.mkdir(os.path.join(dev, name))
     mount("tmpfs", os.path.join(dev, "shm"), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=64m")
-    mount("devpts", os.path.join(dev, "pts"), "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=620")
+    if ptys:
+        mount("devpts", os.path.join(dev, "pts"), "devpts", MS_NOSUID | MS_NOEXEC,
+              "newinstance,ptmxmode=0666,mode=620")
 
 
-def host_view(view):
-    """The host's own tree, all of it read-only, with a private /tmp, a /proc of this PID namespace,
-    and one directory writable (bound at view["at"]): what runs the build's output on the host sees
-    the host's libraries and can change nothing of it."""
+# What running a host binary needs of the host, bound read-only into a verify command's view;
+# the rest of its / is empty (no /run, /var, /home, /root: no host unix socket, no host data).
+HOST_VIEW = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc")
+EMPTY = ("run", "var", "home", "root", "proc", "dev", "tmp")
+
+
+def host_view(view, devices):
+    """A view of the host for running what the build made with the host's own libraries: a
+    tmpfs /, read-only, holding HOST_VIEW bound read-only (links such as merged-usr's /bin kept
+    as links), EMPTY directories, a /tmp of its own with one directory writable (bound at
+    view["at"]), a /proc of this PID namespace and a /dev of the given nodes (no ptys); entered
+    by pivot_root, the host's root detached."""
     keep = os.open(view["writable"], os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)   # before /tmp is covered
-    attr = MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0)
-    if libc.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, b"/", AT_RECURSIVE, ctypes.byref(attr), ctypes.sizeof(attr)) != 0:
-        fail("read-only host: " + os.strerror(ctypes.get_errno()))
-    mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=1g")
-    os.mkdir(view["at"])
-    mount(f"/proc/self/fd/{keep}", view["at"], None, MS_BIND)
-    writable = MountAttr(0, MOUNT_ATTR_RDONLY, 0, 0)
-    if libc.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, view["at"].encode(), 0, ctypes.byref(writable),
-                    ctypes.sizeof(writable)) != 0:
-        fail(f"writable {view['at']}: " + os.strerror(ctypes.get_errno()))
+    mount("none", "/", None, MS_REC | MS_PRIVATE)
+    mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=1m")
+    root = "/tmp"
+    for name in HOST_VIEW:
+        host = "/" + name
+        place = os.path.join(root, name)
+        if os.path.islink(host):
+            os.symlink(os.readlink(host), place)
+        elif os.path.isdir(host):
+            os.mkdir(place)
+            mount(host, place, None, MS_BIND | MS_REC)
+            set_attr(place, MountAttr(MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0, 0, 0),
+                     recursive=True)
+    for name in EMPTY:
+        os.mkdir(os.path.join(root, name), 0o755)
+    mount("tmpfs", os.path.join(root, "tmp"), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=1g")
+    at = os.path.join(root, view["at"].lstrip("/"))
+    os.mkdir(at)
+    mount(f"/proc/self/fd/{keep}", at, None, MS_BIND)
     os.close(keep)
-    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    mount("proc", os.path.join(root, "proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    make_dev(root, devices, ptys=False)
+    set_attr(root, MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0), recursive=False)
+    os.chdir(root)
+    pivot_into()
+
+
+def set_attr(path, attr, *, recursive):
+    if libc.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, path.encode(), AT_RECURSIVE if recursive else 0,
+                    ctypes.byref(attr), ctypes.sizeof(attr)) != 0:
+        fail(f"mount_setattr {path}: " + os.strerror(ctypes.get_errno()))
 
 
 def loopback_up():
@@ -172,41 +223,33 @@ def child(plan, seccomp):
         os._exit(127)
 
 
-def main():
-    with open(sys.argv[1]) as f:   # a file only root can read, not the command line: it holds the env
-        plan = json.load(f)
-    os.unlink(sys.argv[1])
-    root = plan["root"]
-    for procs in plan.get("cgroups", []):   # the box's cgroup, before anything of the box starts
-        try:
-            with open(procs, "w") as f:
-                f.write(str(os.getpid()))
-        except OSError as err:
-            fail(f"joining the cgroup {os.path.dirname(procs)}: {err.strerror}")
-    seccomp = load_seccomp() if plan["user"] else None
-    if plan.get("host_view"):
-        host_view(plan["host_view"])
-    else:
-        mount("proc", os.path.join(root, "proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-        make_dev(root, plan["devices"])
-    socket.sethostname(plan["hostname"])
-    if not plan["network"]:
-        loopback_up()
-    os.chroot(root)
-    os.chdir("/")
-    pid = os.fork()
-    if pid == 0:
-        child(plan, seccomp)
+def bind_here(root):
+    """The box's root (the current directory) bound onto itself, and entered: a mount this
+    namespace made, as pivot_root wants (the overlay, copied from the host's, is locked)."""
+    mount(".", ".", None, MS_BIND | MS_REC)
+    # By name from the parent: the current directory still is the mount below the new one. The
+    # path from / is not walked: its cache folders are host root's alone, closed to box root.
+    os.chdir("..")
+    os.chdir(os.path.basename(root))
 
-    def forward(signum, frame):
-        # As the first process of the namespace, this one gets a signal only if it handles it.
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, forward)
-    while True:   # reap every orphan until the command itself ends
+
+def pivot_into():
+    """The current directory as /, the host's root detached: what the box's mountinfo lists is
+    its own, and no host mount is held by the box."""
+    number = SYS_PIVOT_ROOT.get(os.uname().machine)
+    if number is None:
+        fail(f"pivot_root: no syscall number known for {os.uname().machine}")
+    # pivot_root(".", "."): the host's root ends up stacked on the box's, and is detached at once.
+    if libc.syscall(number, b".", b".") != 0:
+        fail("pivot_root: " + os.strerror(ctypes.get_errno()))
+    if libc.umount2(b".", MNT_DETACH) != 0:
+        fail("detaching the host's root: " + os.strerror(ctypes.get_errno()))
+    os.chdir("/")
+
+
+def wait_for(pid):
+    """Reap every child until pid ends; exit as it did."""
+    while True:
         try:
             done, status = os.wait()
         except ChildProcessError:
@@ -215,6 +258,105 @@ def main():
             continue
         if done == pid:
             os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
+
+
+def enter_box(plan, seccomp):
+    """Host side: the cgroup and network joined; the child unshares, this process maps its ids."""
+    if plan.get("netns"):   # pasta's namespace (the host's owns it: box root cannot reconfigure it)
+        fd = os.open(plan["netns"], os.O_RDONLY | os.O_CLOEXEC)
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            fail("joining the box's network namespace: " + os.strerror(ctypes.get_errno()))
+        os.close(fd)
+    flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID
+    if not plan["network"] and not plan.get("netns"):
+        flags |= CLONE_NEWNET
+    unshared_r, unshared_w = os.pipe()
+    mapped_r, mapped_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(unshared_r)
+        os.close(mapped_w)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        os.chdir(plan["root"])   # as host root; unshare moves it to the same place in the copy
+        if libc.unshare(flags) != 0:
+            fail("unshare: " + os.strerror(ctypes.get_errno()))
+        os.write(unshared_w, b"u")
+        if os.read(mapped_r, 1) != b"m":
+            os._exit(125)
+        os.setgroups([])
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
+        first = os.fork()   # the first process of the box's PID namespace
+        if first == 0:
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            in_box(plan, seccomp)
+        wait_for(first)
+    os.close(unshared_w)
+    os.close(mapped_r)
+    if os.read(unshared_r, 1) != b"u":
+        wait_for(pid)
+    try:
+        for name in ("uid_map", "gid_map"):
+            with open(f"/proc/{pid}/{name}", "w") as f:
+                f.write(plan["ids"])
+    except OSError as err:
+        os.kill(pid, signal.SIGKILL)
+        fail(f"mapping the box's ids ({plan['ids'].strip()}): {err.strerror}")
+    os.write(mapped_w, b"m")
+    forward_signals(pid)
+    wait_for(pid)
+
+
+def in_box(plan, seccomp):
+    """The box's first process: its /proc and /dev, its name, its loopback, its root."""
+    mount("none", "/", None, MS_REC | MS_PRIVATE)   # nothing of the box's propagates to the host
+    bind_here(plan["root"])
+    mount("proc", "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    make_dev(".", plan["devices"])
+    socket.sethostname(plan["hostname"])
+    if not plan["network"] and not plan.get("netns"):
+        loopback_up()
+    pivot_into()
+    run_command(plan, seccomp)
+
+
+def run_command(plan, seccomp):
+    """Fork the command, forward the signals a first process gets, reap orphans until it ends."""
+    pid = os.fork()
+    if pid == 0:
+        child(plan, seccomp)
+    forward_signals(pid)
+    wait_for(pid)
+
+
+def forward_signals(pid):
+    def forward(signum, frame):
+        # As the first process of the namespace, this one gets a signal only if it handles it.
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+
+
+def main():
+    with open(sys.argv[1]) as f:   # a file only root can read, not the command line: it holds the env
+        plan = json.load(f)
+    os.unlink(sys.argv[1])
+    for procs in plan.get("cgroups", []):   # the box's cgroup, before anything of the box starts
+        try:
+            with open(procs, "w") as f:
+                f.write(str(os.getpid()))
+        except OSError as err:
+            fail(f"joining the cgroup {os.path.dirname(procs)}: {err.strerror}")
+    seccomp = load_seccomp() if plan["user"] else None
+    if plan.get("ids"):
+        enter_box(plan, seccomp)
+    host_view(plan["host_view"], plan["devices"])
+    socket.sethostname(plan["hostname"])
+    loopback_up()
+    run_command(plan, seccomp)
 
 
 if __name__ == "__main__":

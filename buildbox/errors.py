@@ -45,20 +45,24 @@ class Interrupted(BuildboxError):
     exit_code = 130
 
 
-def os_failure(err: OSError) -> BuildboxError:
+def os_failure(err: OSError, place: str | os.PathLike[str] | None = None) -> BuildboxError:
     """An error of the operating system as users see it, on one line: what, on which file, and
-    for a full disk or a read-only filesystem, which filesystem and what to do."""
+    for a full disk or a read-only filesystem, which filesystem and what to do. `place` is where
+    the work went on (a stage's: the cache), for an error that names no file: a write() that
+    failed names none."""
     where = err.filename or "a file"
     if err.errno == errno.ENOSPC:
-        return BuildFailed(f"no space left on the filesystem at {_mount_point(where)} while writing {where}",
+        at = err.filename or place
+        return BuildFailed(f"no space left on the filesystem at {mount_point(at)} while writing "
+                           f"{'' if err.filename else 'in '}{at}" if at else "no space left on a filesystem",
                            hint="free some space (`buildbox gc --max-size SIZE` trims the cache) and run again")
     if err.errno == errno.EROFS:
-        return InputError(f"{where} is on a read-only filesystem ({_mount_point(where)})",
+        return InputError(f"{where} is on a read-only filesystem ({mount_point(where)})",
                           hint="point --cache and --out at writable directories")
     return BuildFailed(f"{where}: {err.strerror or err}")
 
 
-def _mount_point(path: str | os.PathLike[str]) -> str:
+def mount_point(path: str | os.PathLike[str]) -> str:
     """The mount point of the filesystem that holds path (or would hold it)."""
     here = os.path.abspath(path)
     while not os.path.exists(here):

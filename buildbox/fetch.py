@@ -1,7 +1,9 @@
-"""The fetch phase: a recipe's [fetch] script run as the build user, with the network, in a clone
-of its box (packages installed, source read-only). Only $FETCH is kept: normalised (owner 0:0 as
-the box sees it, mtimes clamped to the epoch, set-id bits dropped), digested with the tree digest
-of a bootstrap, and filed in the cache by that digest. The build then sees it read-only, offline.
+"""The fetch phase: a recipe's [fetch] script run as the build user, with outbound network (pasta,
+in a network namespace of its own: of the host, only the loopback ports of [fetch] host-ports), in
+a clone of its box (packages installed, source read-only). Only $FETCH is kept: taken out of the
+box without following a link, normalised (owner 0:0 as the box sees it, mtimes clamped to the
+epoch, set-id and sticky bits dropped, hard links broken), digested with the tree digest of a
+bootstrap, and filed in the cache by that digest. The build then sees it read-only, offline.
 """
 
 from __future__ import annotations
@@ -9,13 +11,15 @@ from __future__ import annotations
 import json
 import os
 import stat
+import uuid
 from pathlib import Path
 
 from buildbox import log
 from buildbox.box import Box
 from buildbox.build import fetch_env, name_the_limit, whole_box_limits
-from buildbox.constants import BUILDER, EPOCH, FETCH, SRC
+from buildbox.constants import BUILD_DIR, BUILDER, EPOCH, FETCH, SRC
 from buildbox.errors import BuildFailed
+from buildbox.inroot import set_attributes
 from buildbox.process import run
 from buildbox.recipe import Recipe
 from buildbox.store import Store, file_sha256, tree_sha256
@@ -23,6 +27,10 @@ from buildbox.store import Store, file_sha256, tree_sha256
 SCRIPT = "/buildbox/fetch.sh"
 LISTING = "listing.json"   # beside a fetched tree: each path's type, mode and digest, for diffs
 SHOWN = 10   # differing paths a mismatch names
+MAX_DEPTH = 256   # directories in directories a fetched tree may nest (a descriptor and a frame each)
+# A directory or file of the tree, opened to be normalised through its descriptor: never through a link.
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
 def run_fetch(store: Store, recipe: Recipe, layers: list[Path], dest: Path, logfile: Path,
@@ -34,6 +42,10 @@ def run_fetch(store: Store, recipe: Recipe, layers: list[Path], dest: Path, logf
     with Box(store, layers, label=f"fetch-{recipe.name}", log=logfile, disk=recipe.limits.disk) as box:
         box.bind(Path("/etc/resolv.conf").resolve(), "/etc/resolv.conf")
         box.bind(box.path(SRC), SRC)   # the source, read-only: the fetch reads it, never changes it
+        # /build root's and $FETCH the build user's: the fetch writes inside $FETCH but cannot
+        # replace it (by a link to a host directory, which buildbox would then take as the tree).
+        box.run(["install", "-d", "-o", "0", "-g", "0", "-m", "0755", BUILD_DIR], what=f"making {BUILD_DIR} root's",
+                log=logfile)
         box.run(["install", "-d", "-o", str(BUILDER.uid), "-g", str(BUILDER.gid), "-m", "0755", FETCH],
                 what="making $FETCH", log=logfile)
         box.write(SCRIPT, recipe.fetch.script)
@@ -41,39 +53,113 @@ def run_fetch(store: Store, recipe: Recipe, layers: list[Path], dest: Path, logf
         with whole_box_limits(recipe, logfile) as (group, rlimits):
             try:
                 box.run(["sh", "-e", "-c", f". {SCRIPT}", recipe.name], what=f"the fetch of {recipe.name}",
-                        user=BUILDER.spec, env=env, cwd=SRC, log=logfile, stream=stream, network=True,
-                        limits=rlimits, timeout=limits.timeout, silence=limits.silence, log_limit=limits.log,
-                        cgroups=group.procs if group else [])
+                        user=BUILDER.spec, env=env, cwd=SRC, log=logfile, stream=stream, outbound=True,
+                        host_ports=recipe.fetch.host_ports, limits=rlimits, timeout=limits.timeout,
+                        silence=limits.silence, log_limit=limits.log, cgroups=group.procs if group else [])
             except BuildFailed as err:
                 raise name_the_limit(err, recipe, group.hit() if group else None) from None
         # Everything else the fetch wrote (its home, /tmp, the source's copy-ups) stays in the box.
-        kept = box.upper / FETCH.lstrip("/")
-        try:
-            os.rename(kept, dest)
-        except OSError:   # the writable layer on its own disk image: another filesystem
-            run(["cp", "-a", "--", kept, dest], what="copying $FETCH out of the box", contained=True)
+        take_out(recipe, box.upper, dest)
     normalise(dest)
     return tree_sha256(dest)
 
 
+def take_out(recipe: Recipe, upper: Path, dest: Path) -> None:
+    """Move (or copy) $FETCH out of the box's writable layer to dest. It must be a real directory
+    there, under real directories: a link would lead buildbox into the host's own files."""
+    kept = upper
+    for part in FETCH.strip("/").split("/"):
+        kept = kept / part
+        try:
+            found = os.lstat(kept)
+        except FileNotFoundError:
+            found = None
+        if found is None or not stat.S_ISDIR(found.st_mode):
+            place = f"/{kept.relative_to(upper)}"
+            left = f"no {place}" if found is None else f"a {_kind(found.st_mode)} at {place}, not a directory"
+            raise BuildFailed(f"the fetch of {recipe.name} left {left}", where=recipe.at("fetch"),
+                              hint="download into $FETCH; leave $FETCH itself in place")
+    # The box has ended (its PID namespace with it): nothing of the fetch runs to swap it now.
+    try:
+        os.rename(kept, dest)
+    except OSError:   # the writable layer on its own disk image: another filesystem
+        run(["cp", "-a", "--", kept, dest], what="copying $FETCH out of the box", contained=True)
+
+
 def normalise(root: Path) -> None:
-    """Owner 0:0 (as the box sees it), mtimes clamped to the epoch, set-id bits dropped (chown does
-    it), permission bits kept (Go's module cache is read-only by design); nothing but files,
-    directories and symlinks."""
-    for folder, dirs, files in os.walk(root, topdown=False):
-        for name in (*files, *dirs):
-            _normalise_one(Path(folder) / name)
-    _normalise_one(root)
+    """Owner 0:0 (as the box sees it), mtimes clamped to the epoch, setuid, setgid and sticky bits
+    dropped from files and directories, other permission bits kept (Go's module cache is read-only
+    by design), a hard-linked file made a copy of its own; nothing but files, directories and
+    symlinks. Done through descriptors, never through a link: only the tree itself is touched."""
+    fd = os.open(root, DIR_FLAGS)
+    try:
+        _normalise_dir(fd, os.fstat(fd), "$FETCH", 0)
+    finally:
+        os.close(fd)
 
 
-def _normalise_one(path: Path) -> None:
-    st = os.lstat(path)
-    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)):
-        raise BuildFailed(f"the fetch left {path.name}, which is not a file, directory or symlink, in $FETCH",
-                          hint="leave only files, directories and links in $FETCH")
-    os.lchown(path, 0, 0)
-    clamped = min(int(st.st_mtime), EPOCH)
-    os.utime(path, (clamped, clamped), follow_symlinks=False)
+def _normalise_dir(fd: int, st: os.stat_result, rel: str, depth: int) -> None:
+    """Every entry of the directory open at fd, then the directory itself (its entries change its mtime)."""
+    if depth > MAX_DEPTH:
+        raise BuildFailed(f"{log.escaped(rel)} nests deeper than {MAX_DEPTH} levels",
+                          hint="leave a shallower tree in $FETCH")
+    for name in os.listdir(fd):
+        here = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        path = f"{rel}/{name}"
+        if stat.S_ISLNK(here.st_mode):   # the link itself: its target is never looked at
+            mtime = _clamped(here)
+            os.chown(name, 0, 0, dir_fd=fd, follow_symlinks=False)
+            os.utime(name, (mtime, mtime), dir_fd=fd, follow_symlinks=False)
+        elif stat.S_ISDIR(here.st_mode):
+            child = os.open(name, DIR_FLAGS, dir_fd=fd)
+            try:
+                _normalise_dir(child, here, path, depth + 1)
+            finally:
+                os.close(child)
+        elif stat.S_ISREG(here.st_mode):
+            # A hard link's other names may be outside the tree (the box's home): a copy of its own.
+            child = _own_copy(fd, name) if here.st_nlink > 1 else os.open(name, FILE_FLAGS, dir_fd=fd)
+            try:
+                _settle(child, here)
+            finally:
+                os.close(child)
+        else:
+            raise BuildFailed(f"the fetch left {log.escaped(path)}, a {_kind(here.st_mode)}, in $FETCH",
+                              hint="leave only files, directories and links in $FETCH")
+    _settle(fd, st)
+
+
+def _settle(fd: int, st: os.stat_result) -> None:
+    # chown does not clear a directory's setgid bit, nor any sticky bit: the mode drops them all.
+    set_attributes(fd, stat.S_IMODE(st.st_mode) & 0o777, (0, 0), _clamped(st))
+
+
+def _clamped(st: os.stat_result) -> int:
+    return min(int(st.st_mtime), EPOCH)
+
+
+def _own_copy(fd: int, name: str) -> int:
+    """name's content as a new file in its place (its other hard links keep the old one); returns
+    it open for writing its attributes."""
+    source = os.open(name, FILE_FLAGS, dir_fd=fd)
+    spare = f".buildbox-copy-{uuid.uuid4().hex[:12]}"
+    copy = os.open(spare, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
+    try:
+        while os.sendfile(copy, source, None, 1 << 30):
+            pass
+        os.rename(spare, name, src_dir_fd=fd, dst_dir_fd=fd)
+    except BaseException:
+        os.close(copy)
+        os.unlink(spare, dir_fd=fd)
+        raise
+    finally:
+        os.close(source)
+    return copy
+
+
+def _kind(mode: int) -> str:
+    return {stat.S_IFLNK: "symlink", stat.S_IFREG: "file", stat.S_IFIFO: "fifo", stat.S_IFSOCK: "socket",
+            stat.S_IFCHR: "character device", stat.S_IFBLK: "block device"}.get(stat.S_IFMT(mode), "special file")
 
 
 def listing(root: Path) -> dict[str, str]:
@@ -98,7 +184,8 @@ def differences(before: dict[str, str], after: dict[str, str]) -> list[str]:
     lines = []
     for rel in sorted(set(before) | set(after)):
         if before.get(rel) != after.get(rel):
-            lines.append(f"{'added' if rel not in before else 'removed' if rel not in after else 'changed'} {rel}")
+            change = "added" if rel not in before else "removed" if rel not in after else "changed"
+            lines.append(f"{change} {log.escaped(rel)}")   # a name with a newline: still one line
     return lines
 
 

@@ -19,11 +19,14 @@ from typing import Any
 import tomlkit
 
 from buildbox.errors import InputError
-from buildbox.recipe import (SHA256_RE, DebianSource, Doc, GitSource, Lock, Recipe, TarballSet, list_of_tables,
-                             read_recipe)
+from buildbox.recipe import (ARCH_RE, PACKAGE_RE, SHA256_RE, VERSION_RE, BootstrapSet, DebianSource, Doc, GitSource,
+                             Lock, Recipe, TarballSet, list_of_tables, read_recipe)
 from buildbox.store import write_atomically
 
-LOCK_FORMAT = 1
+# 2: a bootstrap's and a fetched tree's digest are store.tree_sha256's format 2. A format-1 lock
+# that pins neither (tarball sets, no [fetch]) is still good: its digests are files' sha256.
+LOCK_FORMAT = 2
+READ_FORMATS = (1, LOCK_FORMAT)
 HEADER = """\
 # The lock of {recipe}: what pins its build, down to the sha256 of every package's .deb.
 # `buildbox run` builds exactly this; `buildbox lock` (or `buildbox run --refresh`) resolves
@@ -31,6 +34,23 @@ HEADER = """\
 """
 SOURCE_KEYS = {"git": ("git", "commit"), "url": ("url", "sha256"),
                "debian": ("debian", "version", "dsc", "dsc-sha256")}
+# Every value a lock holds is checked at load, as strictly as a recipe's: names and versions reach
+# apt-get's command line as NAME=VERSION, run as root in the box, and none may become an option.
+HEX = "64 lowercase hex digits"
+PIN_FIELDS = {"version": (VERSION_RE, "a Debian version ([epoch:]upstream[-revision])"),
+              "arch": (ARCH_RE, "a Debian architecture name"), "sha256": (SHA256_RE, HEX)}
+SOURCE_FIELDS = {
+    "git": (re.compile(r"[^-].*", re.DOTALL), "a repository (it must not start with '-')"),
+    "commit": (re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}"),
+               "40 or 64 lowercase hex digits (a SHA-1 or SHA-256 repository's commit)"),
+    "url": (re.compile(r"[^-].*", re.DOTALL), "a URL or a path (it must not start with '-')"),
+    "sha256": (SHA256_RE, HEX),
+    "debian": (PACKAGE_RE, "a Debian source package name"),
+    "version": PIN_FIELDS["version"],
+    # SOURCE_VERSION.dsc, the epoch left out, as apt-get source names it: a plain file name.
+    "dsc": (re.compile(r"[a-z0-9][a-z0-9+.-]+_[0-9][A-Za-z0-9.+~-]*\.dsc"), "the name of a .dsc file"),
+    "dsc-sha256": (SHA256_RE, HEX),
+}
 
 
 def load_recipe(path: Path, *, locked: bool = True) -> Recipe:
@@ -77,8 +97,9 @@ def read_lock(recipe: Recipe) -> Lock | None:
     relock = f"run `buildbox lock {recipe.path}` to rewrite it"
     doc.check_keys(data, (), {"format": int, "recipe": str, "request": dict, "set": list_of_tables, "source": dict,
                               "packages": dict, "fetch": dict})
-    if data.get("format") != LOCK_FORMAT:
-        doc.fail((), "format", f"lock format {data.get('format')!r} is not {LOCK_FORMAT}", relock)
+    if data.get("format") not in READ_FORMATS:
+        doc.fail((), "format", f"lock format {data.get('format')!r} is unknown (this buildbox writes {LOCK_FORMAT})",
+                 relock)
     for key in ("request", "set", "source", "packages"):
         if key not in data:
             doc.fail((), None, f"the lock has no {'[[set]]' if key == 'set' else f'[{key}]'}", relock)
@@ -95,29 +116,37 @@ def read_lock(recipe: Recipe) -> Lock | None:
     sets = []
     for index, entry in enumerate(data["set"]):
         if not isinstance(entry, dict) or not SHA256_RE.fullmatch(str(entry.get("sha256", ""))):
-            doc.fail(("set",), "sha256", "a locked set needs sha256 = 64 lowercase hex digits", relock, index)
+            doc.fail(("set",), "sha256", f"a locked set needs sha256 = {HEX}", relock, index)
         sets.append(entry["sha256"])
         lines[f"set.{index}"] = doc.line_of(("set",), "sha256", index)
     if len(sets) != len(recipe.base.sets):
         doc.fail((), None, f"the lock pins {len(sets)} set(s), the base has {len(recipe.base.sets)}", relock)
+    if data["format"] != LOCK_FORMAT:
+        _refuse_old_tree_digests(doc, recipe, relock)
     kind = next((k for k in SOURCE_KEYS if k in data["source"]), None)
     if kind is None or set(data["source"]) != set(SOURCE_KEYS[kind]) or \
             not all(isinstance(v, str) and v for v in data["source"].values()):
         doc.fail(("source",), None, f"[source] must hold exactly one of: "
                  f"{'; '.join(', '.join(keys) for keys in SOURCE_KEYS.values())}", relock)
-    if kind == "git" and not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", data["source"]["commit"]):
-        doc.fail(("source",), "commit", f"commit {data['source']['commit']!r} is not 40 or 64 lowercase hex digits "
-                 "(a SHA-1 or SHA-256 repository's commit)", relock)
-    if kind == "url" and not SHA256_RE.fullmatch(data["source"]["sha256"]):
-        doc.fail(("source",), "sha256", "sha256 must be 64 lowercase hex digits", relock)
+    for key, value in data["source"].items():
+        pattern, what = SOURCE_FIELDS[key]
+        if not pattern.fullmatch(value):
+            doc.fail(("source",), key, f"[source] {key} {value!r} is not {what}", relock)
     lines["source"] = doc.line_of(("source",))
     packages = {}
     for name, pin in data["packages"].items():
-        if not (isinstance(pin, dict) and set(pin) <= {"version", "arch", "sha256"}
-                and isinstance(pin.get("version"), str) and isinstance(pin.get("arch"), str)
-                and SHA256_RE.fullmatch(str(pin.get("sha256", "0" * 64)))):
-            doc.fail(("packages",), name, f"package '{name}' must be {{ version = \"...\", arch = \"...\", "
+        if not (isinstance(pin, dict) and {"version", "arch"} <= set(pin) <= set(PIN_FIELDS)
+                and all(isinstance(value, str) for value in pin.values())):
+            doc.fail(("packages",), name, f"package {name!r} must be {{ version = \"...\", arch = \"...\", "
                      "sha256 = \"...\" }", relock)
+        # NAME, or NAME:ARCH for a package of a foreign architecture (packages._installed).
+        package, colon, arch = name.partition(":")
+        if not PACKAGE_RE.fullmatch(package) or (colon and not ARCH_RE.fullmatch(arch)):
+            doc.fail(("packages",), name, f"{name!r} is not a Debian package name (NAME or NAME:ARCH)", relock)
+        for key, value in pin.items():
+            pattern, what = PIN_FIELDS[key]
+            if not pattern.fullmatch(value):
+                doc.fail(("packages",), name, f"package {name!r}: {key} {value!r} is not {what}", relock)
         packages[name] = dict(pin)
         lines[name] = doc.line_of(("packages",), name)
     pins = {"sets": sets, "packages": packages, "source": dict(data["source"])}
@@ -125,10 +154,25 @@ def read_lock(recipe: Recipe) -> Lock | None:
         fetch = data.get("fetch", {})
         if set(fetch) != {"sha256"} or not SHA256_RE.fullmatch(str(fetch["sha256"])):
             doc.fail(("fetch",) if "fetch" in data else (), "sha256" if "fetch" in data else None,
-                     "the lock's [fetch] needs sha256 = 64 lowercase hex digits (the fetched tree's)", relock)
+                     f"the lock's [fetch] needs sha256 = {HEX} (the fetched tree's)", relock)
         pins["fetch"] = fetch["sha256"]
         lines["fetch"] = doc.line_of(("fetch",), "sha256")
     return Lock(path, pins, lines)
+
+
+def _refuse_old_tree_digests(doc: Doc, recipe: Recipe, relock: str) -> None:
+    """An older lock's tree digests (a bootstrap's, a fetched tree's) are of a format buildbox no
+    longer computes: no tree made now matches one, and a locked run would fail late, as if the
+    archive had changed. Refused on their line instead. A tarball set's sha256 is its file's, and
+    stays good."""
+    found = doc.data["format"]
+    for index, spec in enumerate(recipe.base.sets):
+        if isinstance(spec, BootstrapSet):
+            doc.fail(("set",), "sha256", f"lock format {found} pins set {index + 1} (a bootstrap) by a tree "
+                     "digest buildbox no longer computes", relock, index)
+    if "fetch" in doc.data:
+        doc.fail(("fetch",), "sha256", f"lock format {found} pins [fetch] by a tree digest buildbox no longer "
+                 "computes", relock)
 
 
 def write_lock(recipe: Recipe, pins: dict[str, Any]) -> list[str]:
@@ -136,7 +180,7 @@ def write_lock(recipe: Recipe, pins: dict[str, Any]) -> list[str]:
     return a line per pin that changed (all of them, for a new lock)."""
     path = lock_path(recipe.path)
     old = tomlkit.parse(path.read_text()) if path.exists() else None
-    if old is None or old.get("format") != LOCK_FORMAT:
+    if old is None or old.get("format") not in READ_FORMATS:   # format 1 is format 2's shape: kept, comments too
         doc = tomlkit.parse(HEADER.format(recipe=recipe.path.name))
         for key in ("format", "recipe", "request", "set", "source", "packages"):
             doc.add(key, tomlkit.table() if key in ("request", "source", "packages") else

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from buildbox.errors import BuildFailed, InputError
+from buildbox.log import escaped
 from buildbox.process import stop_if_interrupted
 from buildbox.store import copy_sparse, file_sha256, fsync_dir, remove_tree, write_atomically
 
@@ -105,11 +106,11 @@ def is_current(dest: Path, key: str, stamps: Path) -> bool:
 
 
 def _shown(path: Path) -> str:
-    """path as the user wrote it: relative to the current directory when it lies below it."""
+    """path as the user wrote it: relative to the current directory when it lies below it; on one line."""
     try:
-        return str(path.absolute().relative_to(Path.cwd()))
+        return escaped(str(path.absolute().relative_to(Path.cwd())))
     except ValueError:
-        return str(path)
+        return escaped(str(path))
 
 
 def remove_litter(dest: Path) -> None:
@@ -129,7 +130,7 @@ def _copy_checked(entry: Path, rel: str, into: Path, sha256: str) -> str:
     except OSError as err:   # a full disk says nothing of where: name the file being written
         raise OSError(err.errno, err.strerror, err.filename or str(dest)) from None
     if digest.hexdigest() != sha256:
-        raise CorruptEntry(f"the cached build {entry.name[:12]} is damaged: {rel} has sha256 "
+        raise CorruptEntry(f"the cached build {entry.name[:12]} is damaged: {escaped(rel)} has sha256 "
                            f"{digest.hexdigest()}, its manifest says {sha256}")
     shutil.copystat(source, dest)
     return sha256

@@ -15,6 +15,8 @@ from buildbox.store import Store, file_sha256, write_meta
 if TYPE_CHECKING:
     from buildbox.recipe import Lock
 
+# apt-get takes `--` as the end of its options (apt 2.6, bookworm's): every package operand comes after
+# one. What follows is still apt's syntax (NAME=VERSION, a .deb's path), so each part is checked too.
 APT_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive",
            "LANG": "C.UTF-8"}
 APT_OPTS = [
@@ -47,9 +49,9 @@ def make_layer(store: Store, lower: list[Path], install: tuple[str, ...], build_
             _install_locked(box, store, lock, apt)
         else:
             if install:
-                apt("install", *APT_OPTS, *install, what=f"installing {', '.join(install)}")
+                apt("install", *APT_OPTS, "--", *install, what=f"installing {', '.join(install)}")
             if build_deps:
-                apt("build-dep", *APT_OPTS, *build_deps,
+                apt("build-dep", *APT_OPTS, "--", *build_deps,
                     what=f"installing the Build-Depends of {', '.join(build_deps)}")
         packages = _pins(box, store)
     if lock:
@@ -112,7 +114,8 @@ def _index_sha256(lists: Path) -> dict[tuple[str, str, str], str]:
 
 def _install_locked(box: Box, store: Store, lock: Lock, apt: Callable[..., None]) -> None:
     """Install exactly the pinned packages the base lacks: from the .deb cache when it holds the
-    pinned file (the archive may have moved on), else that version from the archive."""
+    pinned file (the archive may have moved on), else that version from the archive. Every part of
+    NAME=VERSION and of the .deb's name was checked when the lock was read (lock.read_lock)."""
     base = _installed(box)
     debs = store.dir("debs")
     args = []
@@ -125,7 +128,7 @@ def _install_locked(box: Box, store: Store, lock: Lock, apt: Callable[..., None]
         else:
             args.append(f"{name}={pin['version']}")
     if args:
-        apt("install", *APT_OPTS, "--allow-downgrades", *args,
+        apt("install", *APT_OPTS, "--allow-downgrades", "--", *args,
             what=f"installing the {len(args)} packages {lock.path.name} pins")
 
 

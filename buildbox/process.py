@@ -12,7 +12,7 @@ import sys
 import termios
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -21,10 +21,32 @@ from buildbox.log import printable
 
 TAIL_LINES = 30
 LINE_MAX = 64 << 10   # the longest line of a command's output buildbox holds; longer ones are cut
+# Shorter secret values are not masked: hiding every "a" of a log hides the log, not a secret.
+MASK_SHORTEST = 4
+MASK = b"***"
 
 _live: set[subprocess.Popen] = set()
 _live_lock = threading.Lock()
 _interrupted = threading.Event()
+_masked: tuple[bytes, ...] = ()   # longest first, so that a secret holding another goes whole
+_masked_lock = threading.Lock()
+
+
+def mask(values: Iterable[str]) -> None:
+    """Show these values as *** wherever buildbox copies a command's output from now on: its
+    log, the terminal, an error's tail (as CI services mask secrets). Each line of a value on
+    its own (output comes by lines), and only those of MASK_SHORTEST characters or more."""
+    global _masked
+    pieces = {os.fsencode(line.strip()) for value in values for line in value.splitlines()
+              if len(line.strip()) >= MASK_SHORTEST}
+    with _masked_lock:
+        _masked = tuple(sorted(set(_masked) | pieces, key=len, reverse=True))
+
+
+def _mask(raw: bytes) -> bytes:
+    for secret in _masked:
+        raw = raw.replace(secret, MASK)
+    return raw
 
 
 # A helper that mounts (mmdebstrap) or may leave processes behind runs in a mount and PID
@@ -65,10 +87,15 @@ def run(argv: Sequence[str], *, what: str, env: Mapping[str, str] | None = None,
     try:
         if capture:
             out, err = proc.communicate()
-            text, tail = out.decode(errors="replace"), (err + out).decode(errors="replace")
+            text, tail = out.decode(errors="replace"), _mask(err + out).decode(errors="replace")
         else:
             text, tail = "", _pump(proc.stdout, log, stream, watch, log_limit)
             proc.wait()
+    except OSError as err:
+        _stop(proc)
+        if log and not capture and err.filename is None:   # a write that failed (a full disk): the log's
+            raise OSError(err.errno, err.strerror, str(log)) from None
+        raise
     except BaseException:
         _stop(proc)
         raise
@@ -198,7 +225,8 @@ def _pump(pipe: IO[bytes], log: Path | None, stream: bool, watch: _Watchdog | No
     """Copy a command's output to its log and, when streaming, the terminal; keep the last lines.
 
     What a build prints is untrusted: buildbox holds at most LINE_MAX bytes of it at a time (a
-    longer line is cut, and says so), and writes at most log_limit bytes of it to the log.
+    longer line is cut, and says so), and writes at most log_limit bytes of it to the log. The
+    secrets given to mask() are *** in all three.
     """
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     logfile = open(log, "ab") if log else None
@@ -211,7 +239,9 @@ def _pump(pipe: IO[bytes], log: Path | None, stream: bool, watch: _Watchdog | No
             if inside_long_line:   # the rest of a line already cut: dropped
                 inside_long_line = not raw.endswith(b"\n")
                 continue
-            if len(raw) == LINE_MAX and not raw.endswith(b"\n"):
+            cut = len(raw) == LINE_MAX and not raw.endswith(b"\n")
+            raw = _mask(raw)
+            if cut:
                 inside_long_line = True
                 raw += f"\n[buildbox: this line was cut at {LINE_MAX} bytes]\n".encode()
             if logfile and log_limit is not None and logged + len(raw) > log_limit:

@@ -21,7 +21,15 @@ from buildbox.errors import InputError
 
 DEFAULT_BASE = "debian-bookworm"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+# Debian policy's grammars of the Package, Version and Architecture fields: what reaches apt's and
+# dpkg's command lines from a recipe, a base or a lock must match them, and none can start with '-'.
 PACKAGE_RE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
+# [epoch:]upstream[-revision]: the upstream version may hold colons only after an epoch and hyphens
+# only before a revision. Four flat alternatives, so that a long hostile string is refused in
+# linear time, not by backtracking through nested stars.
+VERSION_RE = re.compile(r"[0-9]+:[0-9][A-Za-z0-9.+~:-]*-[A-Za-z0-9.+~]+|[0-9]+:[0-9][A-Za-z0-9.+~:]*"
+                        r"|[0-9][A-Za-z0-9.+~-]*-[A-Za-z0-9.+~]+|[0-9][A-Za-z0-9.+~]*")
+ARCH_RE = re.compile(r"[a-z0-9][a-z0-9-]*")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 SUITE_RE = re.compile(r"[a-z0-9][a-z0-9.+-]{0,63}")
@@ -33,6 +41,12 @@ DEBIAN_SOURCE_NEEDS = ("dpkg-dev", "fakeroot")
 FETCH_ENV = ("FETCH", "GOPATH", "GOMODCACHE", "CARGO_HOME", "npm_config_cache", "PIP_CACHE_DIR", "YARN_CACHE_FOLDER")
 # Set by buildbox for every build; a recipe may not change what they mean.
 RESERVED_ENV = ("HOME", "USER", "LOGNAME", "OUT")
+# What buildbox sets in a build's environment itself (build.build_env): the build user's login
+# (BuildUser.login_env), the one time, $OUT; and for a recipe with [fetch], FETCH_ENV and these
+# offline switches (build.offline_env; GOFLAGS is kept, with -mod=mod appended). A secret-env of
+# one of these names would replace buildbox's value, or be replaced by it.
+BOX_ENV = ("HOME", "USER", "LOGNAME", "PATH", "SHELL", "LANG", "TZ", "SOURCE_DATE_EPOCH", "OUT")
+OFFLINE_ENV = ("GOPROXY", "CARGO_NET_OFFLINE", "npm_config_offline", "PIP_NO_INDEX")
 
 
 @dataclass(frozen=True)
@@ -136,6 +150,10 @@ class Limits:
         return getattr(self, key.replace("-", "_"))
 
 
+# The least a limit can be and a build still start: below, it fails late or strangely (mkfs.ext4
+# wants room for its journal and the build's files; enter.py, a shell and the commands it starts
+# count against memory, processes and open files).
+LIMIT_MINIMUMS = {"disk": "16M", "memory": "16M", "address-space": "16M", "processes": "8", "files": "16"}
 LIMIT_KEYS = {"memory": "size", "processes": "count", "files": "count", "cpu": "time", "file-size": "size",
               "timeout": "time", "silence": "time", "log": "size", "artifacts": "size", "address-space": "size",
               "disk": "size"}
@@ -144,11 +162,14 @@ UNPACK_KEYS = {"unpacked": "size", "members": "count"}
 
 @dataclass(frozen=True)
 class Fetch:
-    """[fetch]: run as the build user with the network before the build; only $FETCH is kept,
-    pinned by sha256 (here, or in the lock)."""
+    """[fetch]: run as the build user with outbound network before the build; only $FETCH is kept,
+    pinned by sha256 (here, or in the lock). host_ports: the TCP ports of the host's loopback the
+    fetch reaches at its own 127.0.0.1 (a module proxy on the host); in no key, as where a proxy
+    is does not change what the digest pins."""
     script: str
     env: tuple[tuple[str, str], ...] = ()
     sha256: str | None = None
+    host_ports: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -404,10 +425,16 @@ def read_recipe(path: Path) -> Recipe:
                  "write the commands that build into $OUT in script = '''...'''")
     env = _check_env(doc, ("build",), build.get("env", {}))
     secret_env = build.get("secret-env", [])
+    fetch_set = (*FETCH_ENV, *OFFLINE_ENV) if "fetch" in data else ()
     for key in secret_env:
-        if not ENV_NAME_RE.fullmatch(key) or key in RESERVED_ENV or key in env:
+        if key in BOX_ENV or key in fetch_set:
+            own = BOX_ENV if key in BOX_ENV else fetch_set
+            doc.fail(("build",), "secret-env", f"secret-env {key} is set by buildbox for the build itself"
+                     f"{'' if key in BOX_ENV else ' (a recipe with [fetch])'}",
+                     f"remove {key} from secret-env: buildbox sets {', '.join(own)}")
+        if not ENV_NAME_RE.fullmatch(key) or key in env:
             doc.fail(("build",), "secret-env", f"secret-env {key!r} is not a free environment variable name",
-                     "name variables that are not in env and not HOME, USER, LOGNAME or OUT")
+                     "name variables that are not in [build] env")
     if "\0" in script:
         doc.fail(("build",), "script", "the build script holds a NUL byte, which no shell can be given",
                  "remove the \\u0000")
@@ -458,7 +485,9 @@ def _parse_fetch(doc: Doc, fetch: dict[str, Any] | None, source: Source) -> Fetc
     if fetch is None:
         return None
     table = ("fetch",)
-    doc.check_keys(fetch, table, {"script": str, "env": dict, "sha256": str})
+    # host-ports is checked below, whatever its type: check_keys has no "list of ints".
+    doc.check_keys({key: value for key, value in fetch.items() if key != "host-ports"}, table,
+                   {"script": str, "env": dict, "sha256": str, "host-ports": object})
     if isinstance(source, DebianSource):
         doc.fail(table, None, "[fetch] goes with a git or url source: a debian source's package already "
                  "brings everything its build needs", "remove [fetch], or build from the upstream git or tarball")
@@ -475,7 +504,14 @@ def _parse_fetch(doc: Doc, fetch: dict[str, Any] | None, source: Source) -> Fetc
         doc.fail(table, "env", f"{reserved[0]} is set by buildbox for the fetch and cannot be changed",
                  f"remove {reserved[0]} from [fetch] env")
     digest = _check_sha256(doc, table, fetch["sha256"]) if "sha256" in fetch else None
-    return Fetch(script, tuple(sorted(env.items())), digest)
+    ports = fetch.get("host-ports", [])
+    if not isinstance(ports, list):
+        doc.fail(table, "host-ports", "'host-ports' must be a list of ports", "write host-ports = [3000]")
+    for port in ports:
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            doc.fail(table, "host-ports", f"host-ports holds {port!r}, which is not a TCP port (1 to 65535)",
+                     "write host-ports = [3000]: the ports on the host's loopback the fetch may reach")
+    return Fetch(script, tuple(sorted(env.items())), digest, tuple(sorted(set(ports))))
 
 
 def _kernel_most(key: str) -> int:
@@ -498,6 +534,11 @@ def _parse_limits(doc: Doc, table: dict[str, Any], allowed: dict[str, str]) -> t
         if amount is None:
             example = {"size": '"4G" or "512M"', "time": '"2h", "20m" or "90s"', "count": "a number such as 1024"}
             doc.fail(("limits",), key, f"{key} = {value!r} is not a {kind}", f"write {key} = {example[kind]}")
+        least = LIMIT_MINIMUMS.get(key)
+        if least and amount < parse_amount(least, kind):
+            written = f'"{least}"' if kind == "size" else least
+            doc.fail(("limits",), key, f"{key} = {value!r} is less than a build can work with ({least})",
+                     f"write {key} = {written} or more")
         most = _kernel_most(key)
         if amount > most:
             doc.fail(("limits",), key, f"{key} = {value!r} is more than the kernel allows ({most})",

@@ -3,6 +3,7 @@ and the one safe way to unpack any tarball into a root."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -19,6 +20,8 @@ from buildbox.errors import BuildFailed, InputError
 from buildbox.inroot import Root, set_attributes
 from buildbox.process import run
 from buildbox.recipe import BootstrapSet, UnpackLimits
+from buildbox.space import free_bytes, require_room
+from buildbox.space import reserve as reserve_of
 from buildbox.store import file_sha256
 
 CHUNK = 1 << 16
@@ -50,6 +53,8 @@ def _copy_local(path: Path, part: Path) -> None:
     try:
         shutil.copyfile(path, part)
     except OSError as err:
+        if err.errno == errno.ENOSPC:   # the copy's side: a full disk, not a bad path
+            raise OSError(err.errno, err.strerror, str(part)) from None
         raise InputError(f"cannot read {path}: {err.strerror}", hint="fix the path") from None
 
 
@@ -116,7 +121,7 @@ def make_bootstrap(spec: BootstrapSet, dest: Path, logfile: Path) -> None:
     if spec.packages:
         argv.append(f"--include={','.join(spec.packages)}")
     deb = f"deb {spec.mirror} {spec.suite} main"
-    argv += [spec.suite, str(dest), deb]
+    argv += ["--", spec.suite, str(dest), deb]   # Getopt::Long: `--` ends the options
     run(argv, what=f"mmdebstrap of {spec.suite} from {spec.mirror}", env=dict(os.environ, SOURCE_DATE_EPOCH=str(EPOCH)),
         log=logfile, contained=True)
     # deb-src too: recipes install the Build-Depends of, and fetch, Debian source packages. Written
@@ -154,7 +159,13 @@ def extract(tar_path: Path, root: Path, *, what: str, limits: UnpackLimits,
     directory opened inside the root (inroot), with its last component never followed, so a link
     the tarball made earlier cannot carry a later write, chown or chmod anywhere, whatever it
     points to. Modes are kept as written (setuid bits, the sticky /tmp): a root filesystem needs them.
+    Nothing is unpacked unless root's filesystem has room for all that limits.unpacked allows.
     """
+    # What a tarball unpacks to is known only once it is unpacked, and a gzip bomb within the
+    # limit must not fill the disk for every other process on it: it may take the smaller of its
+    # limit and the filesystem's free space less a reserve.
+    reserve = reserve_of(root)
+    budget = min(limits.unpacked, free_bytes(root) - reserve)
     try:
         tar = tarfile.open(tar_path)
     except (tarfile.TarError, OSError) as err:
@@ -176,6 +187,9 @@ def extract(tar_path: Path, root: Path, *, what: str, limits: UnpackLimits,
                                  hint="raise [limits] members in the recipe or base if the tarball is right")
             if member.isreg():
                 unpacked += member.size
+                if unpacked > budget < limits.unpacked:
+                    require_room(root, unpacked + reserve, f"{what}: unpacking it",
+                                 "lower [limits] unpacked in the recipe (for its source) or the base (for its sets)")
                 if unpacked > limits.unpacked:
                     raise InputError(f"{what}: unpacks to more than {limits.unpacked} bytes",
                                      hint="raise [limits] unpacked in the recipe or base if the tarball is right")
@@ -200,6 +214,8 @@ def extract(tar_path: Path, root: Path, *, what: str, limits: UnpackLimits,
                 else:
                     _write_member(tree, tar, member, name, ids)
             except OSError as err:
+                if err.errno == errno.ENOSPC:   # a full filesystem (bytes or inodes), not a bad member
+                    raise OSError(err.errno, err.strerror, os.path.join(root, name)) from None
                 raise InputError(f"{what}: cannot unpack member '{member.name}': {err.strerror}",
                                  hint="rebuild the tarball without it") from None
         # Directories last and deepest first: a read-only one must not stop what goes inside it.

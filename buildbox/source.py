@@ -47,7 +47,7 @@ def resolve_git(store: Store, layers: list[Path], source: GitSource, *, where: s
         fetch_access(box, store)
         url = _git_url(box, source)
         try:
-            listing = _git(box, ["ls-remote", url, source.ref, f"{source.ref}^{{}}"],
+            listing = _git(box, ["ls-remote", "--", url, source.ref, f"{source.ref}^{{}}"],
                            what=f"git ls-remote {source.url}", capture=True)
         except BuildFailed as err:
             reason = next((line for line in err.tail.splitlines() if line.startswith("fatal:")), err.tail.strip())
@@ -109,14 +109,17 @@ def _in_box(store: Store, layers: list[Path], source: GitSource | DebianSource, 
         fetch_access(box, store)
         if isinstance(source, GitSource):
             url = _git_url(box, source)
-            _git(box, ["clone", "--no-checkout", "--quiet", url, SRC], what=f"git clone {source.url}", log=logfile)
+            _git(box, ["clone", "--no-checkout", "--quiet", "--", url, SRC], what=f"git clone {source.url}",
+                 log=logfile)
+            # No `--` here (it would start paths): the commit is hex, from the lock (checked when it was
+            # read), from git ls-remote, or a ref that COMMIT_RE matched.
             _git(box, ["-C", SRC, "checkout", "--quiet", "--detach", commit], what=f"git checkout {commit}",
                  log=logfile)
             meta = {"git": source.url, "commit": commit}
         else:
             # apt-get source checks the files against the signed Sources index of the layer's lists.
             wanted = f"{source.package}={pin['version']}" if pin else source.package
-            box.run(["apt-get", "source", "-q", "--download-only", wanted],
+            box.run(["apt-get", "source", "-q", "--download-only", "--", wanted],
                     what=f"apt-get source {wanted}", user=BUILDER.spec, env=BUILDER.login_env(),
                     cwd=BUILD_DIR, log=logfile, network=True)
             dscs = sorted(box.path(BUILD_DIR).glob("*.dsc"))

@@ -12,6 +12,7 @@ import shutil
 import stat
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,14 +67,25 @@ def copy_sparse(source: Path, dest: Path, digest: Any = None) -> int:
     return size
 
 
-def tree_sha256(root: Path, *, id_base: int = 0) -> str:
+# The tree digest's encoding (README "Changes"): 2 frames every field with its length, so that
+# no name or link target, whatever bytes it holds, can shift one field into the next; 1 joined
+# fields with NUL and entries with newline, which names and link targets may hold. Version 1 is
+# kept only to check the records of entries made before (fsck, bootstraps' digests upgraded once).
+DIGEST_FORMAT = 2
+DIGEST_HEADER = b"buildbox tree digest 2\n"
+
+
+def tree_sha256(root: Path, *, id_base: int = 0, format: int = DIGEST_FORMAT) -> str:
     """The digest of a tree: every path with its type, mode, owner, mtime and content (a symlink's
-    target, a device's numbers), in a fixed order. Two trees with one digest are the same tree.
+    target, a device's numbers), in a fixed order. Two trees with one digest are the same tree:
+    each field goes in as its length, a colon, its bytes (a netstring), each entry as its field count.
 
     Owners are hashed as the box sees them: a tree made under a uid mapping whose box root is host
     id id_base (a rootless run, a private build uid range) digests as the same tree made by root.
-    In root mode (id_base 0) the raw ids are exactly that, so digests recorded in locks hold."""
+    In root mode (id_base 0) the raw ids are exactly that: the cache keeps box ids on disk."""
     digest = hashlib.sha256()
+    if format == DIGEST_FORMAT:
+        digest.update(DIGEST_HEADER)
 
     def inside(host_id: int) -> int:
         return host_id - id_base if id_base <= host_id < id_base + ID_RANGE else host_id
@@ -91,7 +103,11 @@ def tree_sha256(root: Path, *, id_base: int = 0) -> str:
                 fields.append(os.readlink(path))
             elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
                 fields.append(str(st.st_rdev))
-            digest.update("\0".join(fields).encode(errors="surrogateescape") + b"\n")
+            encoded = [field.encode(errors="surrogateescape") for field in fields]
+            if format == DIGEST_FORMAT:
+                digest.update(b"%d:" % len(encoded) + b"".join(b"%d:%s," % (len(f), f) for f in encoded))
+            else:
+                digest.update(b"\0".join(encoded) + b"\n")
     return digest.hexdigest()
 
 
@@ -160,6 +176,7 @@ class Store:
             raise InputError(f"the cache path {self.root} holds ':', ',' or a newline",
                              hint="use a cache path without them")
         if (self.root / MARKER).is_file():
+            self.ids()   # a cache made before boxes had ids of their own gets its range now
             return
         hint = "point --cache (or $BUILDBOX_CACHE) at a buildbox cache, or at a new directory"
         if not create:
@@ -177,6 +194,26 @@ class Store:
         self.root.mkdir(parents=True, exist_ok=True)
         write_atomically(self.root / CACHEDIR_TAG, CACHEDIR_TAG_TEXT)
         write_atomically(self.root / MARKER, json.dumps({"buildbox-cache": True, "format": FORMAT}) + "\n")
+        self.ids()
+
+    def ids(self) -> Ids:
+        """The host ids this cache's boxes run as (box id N is host id base + N), from its marker;
+        a marker without them (a cache made before boxes had ids of their own) gets a free range,
+        recorded, so that every later run uses the same one."""
+        marker = self.root / MARKER
+        try:
+            data = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            data = {}
+        ids = data.get("ids")
+        if isinstance(ids, dict) and isinstance(ids.get("host"), int) and ids.get("count") == ID_RANGE:
+            return Ids(ids["host"], ID_RANGE)
+        if self.read_only or not marker.is_file():
+            return Ids(free_id_range(), ID_RANGE)
+        chosen = Ids(free_id_range(), ID_RANGE)
+        data["ids"] = {"host": chosen.host, "count": chosen.count, "on-disk": OWNERSHIP}
+        write_atomically(marker, json.dumps(data) + "\n")
+        return chosen
 
     # -- what an entry holds, recorded when it is made --------------------------------------
     def record_path(self, kind: str, key: str) -> Path:
@@ -185,7 +222,7 @@ class Store:
     def _record(self, kind: str, key: str, tmp: Path) -> None:
         """Record the digest of the entry's whole content (checked by fsck) and a signature that is
         cheap to check on every use: the stat of its top two levels."""
-        record = {"sha256": tree_sha256(tmp), "signature": signature(tmp)}
+        record = {"sha256": tree_sha256(tmp), "digest-format": DIGEST_FORMAT, "signature": signature(tmp)}
         self.record_path(kind, key).parent.mkdir(parents=True, exist_ok=True)
         write_atomically(self.record_path(kind, key), json.dumps(record) + "\n")
 
@@ -195,9 +232,14 @@ class Store:
         if not self.has(kind, key):
             return False
         try:
-            recorded = json.loads(self.record_path(kind, key).read_text())["signature"]
+            record = json.loads(self.record_path(kind, key).read_text())
+            recorded = record["signature"]
         except (OSError, ValueError, KeyError):
-            return True   # made before entries were recorded: `buildbox fsck` says so
+            # Made before entries were recorded (`buildbox fsck` says so); a fetched tree filed
+            # under a digest of an older format is not the tree a pin of this one names.
+            return kind not in DIGEST_KEYED
+        if kind in DIGEST_KEYED and record.get("digest-format", 1) != DIGEST_FORMAT:
+            return False
         if recorded == signature(self.entry(kind, key)):
             return True
         if self.read_only:
@@ -207,6 +249,16 @@ class Store:
         self.remove_entry(kind, key)
         return False
 
+    def update_meta(self, kind: str, key: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Add to an entry's meta.json and record the entry anew (its signature and digest hold
+        its meta), under the entry's lock; returns the meta."""
+        with self.lock(f"{kind}-{key}"):
+            entry = self.entry(kind, key)
+            meta = {**read_meta(entry), **changes}
+            write_meta(entry, meta)
+            self._record(kind, key, entry)
+        return meta
+
     def remove_entry(self, kind: str, key: str) -> None:
         remove_tree(self.entry(kind, key))
         self.record_path(kind, key).unlink(missing_ok=True)
@@ -214,10 +266,11 @@ class Store:
     def check(self, kind: str, key: str) -> str | None:
         """What is wrong with an entry's content against its record (fsck), or None."""
         try:
-            recorded = json.loads(self.record_path(kind, key).read_text())["sha256"]
+            record = json.loads(self.record_path(kind, key).read_text())
+            recorded = record["sha256"]
         except (OSError, ValueError, KeyError):
             return "no record of its content (made before buildbox recorded them)"
-        now = tree_sha256(self.entry(kind, key))
+        now = tree_sha256(self.entry(kind, key), format=record.get("digest-format", 1))
         return None if now == recorded else f"content differs: recorded sha256 {recorded}, now {now}"
 
     @contextlib.contextmanager
@@ -349,6 +402,48 @@ class Store:
 
 
 ID_RANGE = 65536   # the ids a box has: a mapped range starts at its root's host id
+# Where boxes' ids live on the host: far above any account (useradd stops at 60000, subordinate
+# ranges start at 100000 and grow by 65536 a user) and below verify's uid (0x7FFFFFFE).
+ID_START, ID_STEP, ID_LAST = 0x60000000, 0x10000, 0x7FF00000
+# The convention of a cache's trees: files keep the ids the box sees (builder's files are 1000 on
+# disk), and every box sees them through idmapped mounts onto its range. A cache made before
+# boxes had ids of their own is already so: it is used as it is.
+OWNERSHIP = "box ids, idmapped"
+
+
+@dataclass(frozen=True)
+class Ids:
+    """A cache's host id range: box id N runs as host id host + N, for N below count."""
+    host: int
+    count: int
+
+    def map_line(self) -> str:
+        """The line of /proc/PID/uid_map (and gid_map) that gives a box this range."""
+        return f"0 {self.host} {self.count}\n"
+
+
+def free_id_range() -> int:
+    """The first 65536-id range at ID_START or above that no host account, group or subordinate
+    range (/etc/subuid, /etc/subgid) of this host touches."""
+    import grp
+    import pwd
+    taken: list[tuple[int, int]] = [(p.pw_uid, 1) for p in pwd.getpwall()] + [(g.gr_gid, 1) for g in grp.getgrall()]
+    for name in ("/etc/subuid", "/etc/subgid"):
+        try:
+            lines = Path(name).read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split(":")
+            if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+                taken.append((int(parts[1]), int(parts[2])))
+    for start in range(ID_START, ID_LAST, ID_STEP):
+        if not any(first < start + ID_RANGE and start < first + count for first, count in taken):
+            return start
+    from buildbox.errors import InputError
+    raise InputError("no free range of 65536 host ids for the boxes",
+                     hint=f"free ids between {ID_START} and {ID_LAST} (accounts or /etc/subuid ranges use them all)")
+DIGEST_KEYED = ("fetches",)   # kinds whose entries are filed under their tree's digest
 KINDS = ("downloads", "bootstraps", "bases", "layers", "sources", "fetches", "builds")
 INPUTS = "inputs.json"   # beside each entry's content: the key document it was made from
 MARKER = "buildbox-cache.json"
@@ -358,8 +453,9 @@ CACHEDIR_TAG_TEXT = ("Signature: 8a477f597d28d172789f06886806bc55\n"
                      "# For information about cache directory tags, see https://bford.info/cachedir/\n")
 # Where box trees live, root's alone: their files belong to the box's users, and the build user's
 # uid (1000) is often a real user on the host, who could otherwise edit a cached base's dotfiles
-# (or a running build's sources) and so run code in every later build.
-PRIVATE = ("bootstraps", "bases", "layers", "sources", "fetches", "builds", "boxes", "failed", "verify")
+# (or a running build's sources) and so run code in every later build. And the logs: what a
+# build prints is its own business (a token it echoes, paths of the host it was given).
+PRIVATE = ("bootstraps", "bases", "layers", "sources", "fetches", "builds", "boxes", "failed", "verify", "logs")
 # All that buildbox puts at a cache's top level (.keep: the checkout's empty ./cache).
 BUILDBOX_TOP_LEVEL = {*KINDS, *PRIVATE, "debs", "logs", "locks", "installed", "records", "recipes", "doit.sqlite3", MARKER,
                       CACHEDIR_TAG, ".keep"}

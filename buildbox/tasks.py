@@ -25,7 +25,7 @@ from buildbox.base import make_base
 from buildbox.errors import BuildboxError, BuildFailed, InputError, Interrupted, os_failure
 from buildbox.lock import lock_path, write_lock
 from buildbox.recipe import Base, BootstrapSet, DebianSource, GitSource, Recipe, Set, TarballSet, UrlSource
-from buildbox.store import Store, read_meta, remove_tree, tree_sha256, write_inputs, write_meta
+from buildbox.store import DIGEST_FORMAT, Store, read_meta, remove_tree, tree_sha256, write_inputs, write_meta
 
 
 # The cache kind of each stage's entry (a set's is its own: a download or a bootstrap).
@@ -350,7 +350,7 @@ class Planner:
                              f"{digest[:12]}…: {spec.mirror} has changed since the lock was written", where=where,
                              hint="`buildbox run --refresh RECIPE` locks what the archive has now; to rebuild "
                              "the locked bits, use a cache that holds them or a snapshot.debian.org mirror")
-        write_meta(tmp, {"sha256": got, "suite": spec.suite, "mirror": spec.mirror, "variant": spec.variant,
+        write_meta(tmp, {"sha256": got, "digest-format": DIGEST_FORMAT, "suite": spec.suite, "mirror": spec.mirror, "variant": spec.variant,
                          "packages": list(spec.packages)})
         return got
 
@@ -362,7 +362,20 @@ class Planner:
     def set_digest(self, spec: Set, digest: str | None = None) -> str:
         if isinstance(spec, TarballSet):
             return spec.sha256
-        return digest or read_meta(self.store.entry("bootstraps", self.set_key(spec)))["sha256"]
+        return digest or self.bootstrap_digest(self.set_key(spec))
+
+    def bootstrap_digest(self, key: str) -> str:
+        """A bootstrap's tree digest, in this digest format: one made before it is hashed again
+        once (about a second) and its meta updated, so that an old cache keeps its bootstraps."""
+        entry = self.store.entry("bootstraps", key)
+        meta = read_meta(entry)
+        if meta.get("digest-format") == DIGEST_FORMAT:
+            return meta["sha256"]
+        digest = tree_sha256(entry / "root")
+        if not self.store.read_only:
+            self.store.update_meta("bootstraps", key, {"sha256": digest, "digest-format": DIGEST_FORMAT,
+                                                       "sha256-v1": meta.get("sha256")})
+        return digest
 
     def make_base(self, recipe: Recipe) -> None:
         self._make_base(recipe.base, self.sets(recipe), recipe)
@@ -381,7 +394,8 @@ class Planner:
                 self.announce("base", recipe, "bases", document)
             with log.step(f"Making the base {base.name} from {len(sets)} set(s)"):
                 if under:
-                    with Box(self.store, under, label="base", upper=tmp / "root") as box:
+                    # Host code fills this overlay and nothing runs in it: no ids of its own.
+                    with Box(self.store, under, label="base", upper=tmp / "root", ids=False) as box:
                         make_base(box.root, rest, base.unpack)
                 else:
                     make_base(tmp / "root", rest, base.unpack)
@@ -573,7 +587,7 @@ class Planner:
             try:
                 work()
             except (BuildboxError, OSError) as err:
-                failure = os_failure(err) if isinstance(err, OSError) else err
+                failure = os_failure(err, self.store.root) if isinstance(err, OSError) else err
                 self.failures.append((name, failure))
                 if self.report_failures:
                     log.error(failure)
@@ -667,7 +681,10 @@ class Planner:
 
         return {"task_set": task_set, "task_base": task_base, "task_layer": task_layer,
                 "task_source": task_source, "task_fetch": task_fetch, "task_build": task_build, "task_out": task_out,
-                "DOIT_CONFIG": {"backend": "sqlite3", "dep_file": str(self.store.root / "doit.sqlite3"),
+                # doit's dependency file in memory: every task's uptodate is the cache itself, so the
+                # file held nothing buildbox reads, and writing it after the work could fail on a full
+                # disk (sqlite's "database or disk is full") as a traceback from inside doit, exit 3.
+                "DOIT_CONFIG": {"backend": "sqlite3", "dep_file": ":memory:",
                                 "verbosity": 2, "reporter": Reporter, "continue": True,
                                 "default_tasks": [f"out:{r.name}" for r in self.recipes]}}
 

@@ -140,10 +140,10 @@ def compare(recipe: Recipe, planner: Planner, against: Path | None) -> list[str]
         lines = []
         for rel in sorted(set(theirs) | set(ours)):
             if rel not in ours or rel not in theirs:
-                lines.append(f"{rel}: only in the {'first' if rel in theirs else 'second'} build")
+                lines.append(f"{log.escaped(rel)}: only in the {'first' if rel in theirs else 'second'} build")
             elif ours[rel] != theirs[rel]:
                 detail = explain(first / "files" / rel, second / "files" / rel) if first else ""
-                lines.append(f"{rel}: sha256 {theirs[rel][:16]}… vs {ours[rel][:16]}…{detail}")
+                lines.append(f"{log.escaped(rel)}: sha256 {theirs[rel][:16]}… vs {ours[rel][:16]}…{detail}")
         return lines
     finally:
         for place in builds:

@@ -4,6 +4,7 @@ documented status (2 bad input or usage, 1 a failure at run time)."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import http.server
 import os
 import shutil
@@ -65,7 +66,7 @@ ELF_OCTAL = "".join("\\%03o" % b for b in malformed_elf())   # for printf in the
     ("true", "", "left $OUT (/build/out) empty"),
     (f"printf '{ELF_OCTAL}' > \"$OUT/broken\"", "",
      "broken is not a well-formed ELF file"),
-    ("for i in 1 2 3 4 5 6 7 8 9 10 11 12; do sleep 5 & done; wait", "processes = 6", "hit its processes limit"),
+    ("for i in 1 2 3 4 5 6 7 8 9 10 11 12; do sleep 5 & done; wait", "processes = 8", "hit its processes limit"),
 ])
 def test_run_time_failures_are_one_line_with_status_1(workspace: Workspace, script: str, limits: str,
                                                      words: str) -> None:
@@ -75,6 +76,15 @@ def test_run_time_failures_are_one_line_with_status_1(workspace: Workspace, scri
     one_line(workspace.buildbox("run", recipe, "-q", check=1), words)
     assert not (workspace.root / "out" / "failing").exists()
     assert mounts_under(workspace.cache) == []
+
+
+def test_an_artifact_named_with_a_newline_is_printed_escaped_on_one_line(workspace: Workspace) -> None:
+    recipe = shell_recipe(workspace, "newline", 'echo x > "$OUT/$(printf "a\\nb")"')
+    result = workspace.buildbox("run", recipe, "-q")
+    digest, out = hashlib.sha256(b"x\n").hexdigest(), workspace.root / "out" / "newline"
+    assert result.stdout.splitlines() == [f"{digest}  {out}/a\\nb"], result.stdout
+    recipe.write_text(recipe.read_text().replace("echo x > ", "mkfifo "))
+    one_line(workspace.buildbox("run", recipe, "-q", check=1), "$OUT/a\\nb is not a regular file")
 
 
 def test_a_full_disk_names_the_filesystem_and_the_file(workspace: Workspace, tmp_path: Path) -> None:

@@ -230,6 +230,7 @@ def test_a_host_user_with_the_build_users_uid_cannot_edit_the_cached_trees(works
     place = Path(tempfile.mkdtemp(prefix="buildbox-open-", dir="/var/tmp"))
     place.chmod(0o755)
     cache = place / "cache"
+    (cache / "logs").mkdir(parents=True, mode=0o755)   # as a run before logs were private left it
     try:
         workspace.buildbox("run", shell_recipe(workspace, "plain", 'cp /bin/true "$OUT/tool"'), "-q",
                            "--cache", cache)
@@ -242,9 +243,9 @@ def test_a_host_user_with_the_build_users_uid_cannot_edit_the_cached_trees(works
                                  capture_output=True, text=True)
         assert attempt.returncode != 0 and "Permission denied" in attempt.stderr, attempt
         assert "evil" not in profiles[0].read_text()
-        # What a host user may still read: the logs.
+        # Nor read the logs: what a build prints is its own.
         readable = subprocess.run([*as_builder, "ls", cache / "logs"], capture_output=True, text=True)
-        assert "plain" in readable.stdout, readable
+        assert readable.returncode != 0 and "Permission denied" in readable.stderr, readable
         for kind in PRIVATE:
             assert (cache / kind).stat().st_mode & 0o777 == 0o700, kind
     finally:
@@ -277,6 +278,22 @@ def test_no_host_user_sees_the_builds_env_secrets_or_script_on_a_command_line(wo
     written = [p.read_text(errors="replace") for p in (workspace.cache / "logs" / "secretive").iterdir()]
     written.append((workspace.root / "out" / "secretive" / "manifest.json").read_text())
     assert not any(secret in text for text in written)
+
+
+def test_a_secret_the_build_prints_is_masked_in_its_log_on_the_terminal_and_in_the_error(
+        workspace: Workspace) -> None:
+    secret = "s3cr3t-printed-value"
+    recipe = shell_recipe(workspace, "leaky", 'echo "token=$API_TOKEN"\necho "short=$SHORT"\nexit 3')
+    recipe.write_text(recipe.read_text().replace("[build]\n", '[build]\nsecret-env = ["API_TOKEN", "SHORT"]\n'))
+    result = subprocess.run([sys.executable, "-m", "buildbox", "run", str(recipe), "--cache", str(workspace.cache)],
+                            cwd=workspace.root, capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO), API_TOKEN=secret, SHORT="ab"))
+    assert result.returncode == 1, result.stderr
+    log = (workspace.cache / "logs" / "leaky" / "build.log").read_text()
+    for shown in (log, result.stderr):   # the terminal: the streamed build and the error's last lines
+        assert "token=***" in shown and secret not in shown, shown
+        assert "short=ab" in shown   # too short to mask without masking every "ab" of the log
+    assert result.stderr.count("token=***") == 2
 
 
 RSS_OF_CHILDREN = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "

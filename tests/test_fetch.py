@@ -1,20 +1,31 @@
-"""The fetch phase for real: a loopback Go module proxy and a loopback file server, the fetch with
-the network, the build without, the fetched tree pinned by digest in the lock or the recipe."""
+"""The fetch phase for real: a loopback Go module proxy and a loopback file server on the host,
+reached through [fetch] host-ports, the fetch with outbound network, the build without, the
+fetched tree pinned by digest in the lock or the recipe, and taken out of its box as a tree of its
+own (no link out, no set-id bit, no hard link)."""
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import io
 import json
+import os
 import shutil
+import socket
+import stat
 import subprocess
 import tomllib
+import uuid
 import zipfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
+from buildbox import keys
+from buildbox.fetch import differences
+from buildbox.recipe import Fetch
 from conftest import Workspace, git, mounts_under, ran
 
 pytestmark = pytest.mark.integration
@@ -61,6 +72,10 @@ def program(path: Path, files: dict[str, bytes]) -> Path:
     return path
 
 
+def port(url: str) -> int:
+    return urlsplit(url).port
+
+
 def go_fetch_recipe(ws: Workspace, repo: Path, proxy: str, pin: str = "") -> Path:
     return ws.recipe("greeter", f"""\
         [packages]
@@ -71,6 +86,7 @@ def go_fetch_recipe(ws: Workspace, repo: Path, proxy: str, pin: str = "") -> Pat
         [fetch]
         script = 'go mod download'
         env = {{ GOPROXY = "{proxy}", GOSUMDB = "off", GOFLAGS = "-modcacherw" }}
+        host-ports = [{port(proxy)}]
         {pin}
         [build]
         env = {{ CGO_ENABLED = "0" }}
@@ -81,8 +97,25 @@ def go_fetch_recipe(ws: Workspace, repo: Path, proxy: str, pin: str = "") -> Pat
         """)
 
 
+def script_recipe(ws: Workspace, tmp_path: Path, name: str, fetch: str, build: str, *, packages: str = "[]",
+                  fetch_keys: str = "") -> Path:
+    """A recipe over a one-file source tarball whose fetch and build are the scripts given."""
+    source = tmp_path / "src.tar"
+    if not source.exists():
+        (tmp_path / "src").mkdir()
+        (tmp_path / "src" / "README").write_text("a source\n")
+        subprocess.run(["tar", "-C", tmp_path / "src", "-cf", source, "README"], check=True)
+    return ws.recipe(name, f'[packages]\ninstall = {packages}\n[source]\nurl = "{source}"\n'
+                           f'sha256 = "{hashlib.sha256(source.read_bytes()).hexdigest()}"\n'
+                           f"[fetch]\n{fetch_keys}script = '''\n{fetch}\n'''\n[build]\nscript = '''\n{build}\n'''\n")
+
+
 def fetch_digest_of(lock: Path) -> str:
     return tomllib.loads(lock.read_text())["fetch"]["sha256"]
+
+
+def unpinned_digest(result: subprocess.CompletedProcess[str], name: str) -> str:
+    return next(line.split()[-1] for line in result.stderr.splitlines() if line.startswith(f"fetch {name}: sha256 "))
 
 
 def test_a_go_program_fetches_its_modules_from_a_proxy_locks_them_and_builds_offline(
@@ -94,7 +127,7 @@ def test_a_go_program_fetches_its_modules_from_a_proxy_locks_them_and_builds_off
 
     first = workspace.buildbox("run", recipe, "-q")
     assert "fetch greeter: unpinned fetch: pin it with buildbox lock" in first.stderr
-    unpinned = next(line.split()[-1] for line in first.stderr.splitlines() if line.startswith("fetch greeter: sha256 "))
+    unpinned = unpinned_digest(first, "greeter")
     assert subprocess.run([binary], capture_output=True, text=True).stdout == "hello from greet A\n"
     manifest = json.loads((binary.parent / "manifest.json").read_text())
     assert manifest["inputs"]["fetch"] == {"sha256": unpinned, "pinned": "unpinned"}
@@ -156,6 +189,7 @@ def test_a_curl_fetch_is_kept_read_only_and_the_build_still_has_no_network(
         url = "{source}"
         sha256 = "{hashlib.sha256(source.read_bytes()).hexdigest()}"
         [fetch]
+        host-ports = [{port(url)}]
         script = '''
         curl -sSf -o "$FETCH/data.txt" {url}/data.txt
         echo "$GOMODCACHE $CARGO_HOME" > "$FETCH/where"
@@ -212,3 +246,83 @@ def test_the_recipes_limits_hold_for_the_fetch_and_its_log_is_kept(workspace: Wo
     assert "fetching" in (workspace.cache / "logs" / "slowfetch" / "fetch.log").read_text()
     assert "--> build:" not in failed.stderr, "the build ran after its fetch failed"
     assert mounts_under(workspace.cache) == []
+
+
+def test_a_fetch_that_swaps_fetch_for_a_link_to_a_host_directory_leaves_it_untouched_and_unseen(
+        workspace: Workspace, tmp_path: Path) -> None:
+    canary = tmp_path / "canary"
+    canary.mkdir()
+    (canary / "file").write_text("host secret\n")
+    os.chown(canary / "file", 4242, 4242)
+    os.utime(canary / "file", (2_000_000_000, 2_000_000_000))
+    before = os.stat(canary / "file")
+    # /build is root's in the fetch box: $FETCH cannot be removed, so the link lands inside it,
+    # where it stays a link (and leads nowhere in the build's box).
+    recipe = script_recipe(workspace, tmp_path, "linker", f'rm -rf "$FETCH" || true\nln -s {canary} "$FETCH" || true',
+                           'cat "$FETCH/file" "$FETCH/canary/file" > "$OUT/seen" 2>&1 || true')
+    workspace.buildbox("run", recipe, "-q", check=None)
+    after = os.stat(canary / "file")
+    assert (after.st_uid, after.st_gid, after.st_mode, after.st_mtime) == \
+        (4242, 4242, before.st_mode, 2_000_000_000), "buildbox normalised a host file"
+    seen = workspace.root / "out" / "linker" / "seen"
+    assert not seen.exists() or "host secret" not in seen.read_text(), "the host directory was bound into the build"
+
+
+def test_a_fetch_reaches_the_host_ports_it_names_and_nothing_else_of_the_host(
+        workspace: Workspace, tmp_path: Path, http_server) -> None:
+    served, url = http_server
+    (served / "data.txt").write_text("fetched bytes\n")
+    # Two servers the fetch must not reach: another port of the host's loopback, and an abstract
+    # unix socket (it lives in the host's network namespace). Neither answers: a connection that
+    # got through waits in the server's backlog.
+    other = socket.create_server(("127.0.0.1", 0))
+    abstract = socket.socket(socket.AF_UNIX)
+    name = f"buildbox-test-{uuid.uuid4().hex}"
+    abstract.bind(f"\0{name}")
+    abstract.listen()
+    recipe = script_recipe(workspace, tmp_path, "reach", f'''\
+curl -sSf -o "$FETCH/data.txt" {url}/data.txt
+curl -s -m 3 http://127.0.0.1:{other.getsockname()[1]}/ || true
+curl -s -m 3 --abstract-unix-socket {name} http://x/ || true''', 'cp "$FETCH/data.txt" "$OUT/"',
+                           packages='["curl"]', fetch_keys=f"host-ports = [{port(url)}]\n")
+    workspace.buildbox("run", recipe, "-q")
+    assert (workspace.root / "out" / "reach" / "data.txt").read_text() == "fetched bytes\n"
+    for server, what in ((other, "a host port not in host-ports"), (abstract, "a host abstract socket")):
+        server.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            server.accept()
+            pytest.fail(f"the fetch reached {what}")
+        server.close()
+
+
+def test_a_fetched_tree_has_no_set_id_bits_and_no_hard_links(workspace: Workspace, tmp_path: Path) -> None:
+    recipe = script_recipe(workspace, tmp_path, "bits", '''\
+mkdir "$FETCH/shared" && chmod 3775 "$FETCH/shared" && chmod g+s "$FETCH"
+echo tool > "$FETCH/tool" && chmod 6644 "$FETCH/tool"
+echo data > "$FETCH/shared/a" && ln "$FETCH/shared/a" "$FETCH/b"''', 'cp "$FETCH/b" "$OUT/"')
+    result = workspace.buildbox("run", recipe, "-q")
+    tree = workspace.cache / "fetches" / unpinned_digest(result, "bits") / "tree"
+    for path in (tree, *tree.rglob("*")):
+        st = os.lstat(path)
+        assert not st.st_mode & 0o7000, f"{path} kept mode {stat.S_IMODE(st.st_mode):o}"
+        assert stat.S_ISDIR(st.st_mode) or st.st_nlink == 1, f"{path} is a hard link"
+    assert stat.S_IMODE(os.lstat(tree / "tool").st_mode) == 0o644
+    assert stat.S_IMODE(os.lstat(tree / "shared").st_mode) == 0o775
+    assert (tree / "b").read_text() == (tree / "shared" / "a").read_text() == "data\n"
+
+
+@pytest.mark.parametrize("ports", ["[0]", '["x"]', "[70000]"])
+def test_a_host_port_that_is_not_a_tcp_port_is_refused_on_its_line(
+        workspace: Workspace, tmp_path: Path, ports: str) -> None:
+    recipe = script_recipe(workspace, tmp_path, "ports", "true", "true", fetch_keys=f"host-ports = {ports}\n")
+    failed = workspace.buildbox("run", recipe, check=2)
+    line = recipe.read_text().splitlines().index(f"host-ports = {ports}") + 1
+    assert f"{recipe}:{line}: host-ports holds" in failed.stderr
+    assert "not a TCP port (1 to 65535)" in failed.stderr
+
+
+def test_host_ports_are_in_no_key_and_a_mismatch_names_each_path_on_one_line() -> None:
+    fetch = Fetch("go mod download")
+    assert keys.fetch_document("l", {"commit": "c"}, fetch) == \
+        keys.fetch_document("l", {"commit": "c"}, dataclasses.replace(fetch, host_ports=(3000,)))
+    assert differences({}, {"a\nb": "file 644 x"}) == ["added a\\nb"]

@@ -1,12 +1,15 @@
-"""Hostile tarballs and trees: link tricks against canary files on the host, gzip bombs, a base
-whose files are links out. Each trick is one an attacker used or would use (tarfile's CVEs, the
-symlink-plus-hard-link that once chowned a host file to the build user with mode 4777)."""
+"""Hostile tarballs, trees and locks: link tricks against canary files on the host, gzip bombs, a
+base whose files are links out, a lock whose pins would be apt options. Each trick is one an
+attacker used or would use (tarfile's CVEs, the symlink-plus-hard-link that once chowned a host
+file to the build user with mode 4777, a package name that apt-get reads as -o)."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -15,9 +18,10 @@ import pytest
 from buildbox.base import make_base
 from buildbox.constants import BUILDER
 from buildbox.errors import InputError
+from buildbox.lock import load_recipe, lock_path, write_lock
 from buildbox.recipe import UnpackLimits
 from buildbox.sets import extract
-from conftest import Workspace, mounts_under
+from conftest import GOOD, REPO, Workspace, mounts_under, write
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown and mknod as the base step does need root")
 
@@ -231,3 +235,28 @@ def test_a_tarball_set_with_an_escaping_link_is_refused_on_its_line(workspace: W
     assert "evilbase.toml:2: set 1: symlink 'etc/passwd' points out of the root" in last, result.stderr
     assert canaries.untouched()
     assert not any(p.name.startswith(".tmp-") for p in (workspace.cache / "bases").iterdir())
+
+
+def test_a_lock_whose_package_would_be_an_apt_option_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    # apt-get install -oDpkg::Pre-Invoke::=CMD runs CMD as root in the box before dpkg: what
+    # NAME=VERSION would be for this pin, were its name not checked when the lock is read.
+    canary = tmp_path / "CANARY"
+    recipe = write(tmp_path, 'base = "one-set"\n' + GOOD)
+    # A set that is nowhere: should the lock ever be taken, the run fails fast, not in an apt install.
+    (tmp_path / "base" / "one-set.toml").write_text(f'[[set]]\nurl = "set.tar"\nsha256 = "{"a" * 64}"\n')
+    hostile = {"version": f"x; touch {canary}", "arch": "amd64", "sha256": "1" * 64}
+    source = {"git": "https://example.org/hello.git", "commit": "c" * 40}
+    write_lock(load_recipe(recipe, locked=False),
+               {"sets": ["a" * 64], "packages": {"-oDpkg::Pre-Invoke::": hostile}, "source": source})
+    lock = lock_path(recipe)
+    line = next(n for n, l in enumerate(lock.read_text().splitlines(), 1) if l.startswith('"-oDpkg'))
+    with pytest.raises(InputError) as refused:
+        load_recipe(recipe)
+    assert refused.value.where == f"{lock}:{line}"
+    result = subprocess.run([sys.executable, "-m", "buildbox", "run", recipe, "--cache", tmp_path / "cache",
+                             "--out", tmp_path / "out"], capture_output=True, text=True,
+                            env={"PYTHONPATH": str(REPO), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert f"{lock}:{line}: '-oDpkg::Pre-Invoke::' is not a Debian package name" in result.stderr, result.stderr
+    assert f"buildbox lock {recipe}" in result.stderr and "Traceback" not in result.stderr
+    assert not canary.exists() and not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()

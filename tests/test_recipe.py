@@ -72,6 +72,12 @@ BAD = [
      "a debian source's package already brings everything"),
     ('[source]\ngit = "https://x/y.git"\n[fetch]\nscript = "x"\nenv = { GOMODCACHE = "/tmp" }\n'
      '[build]\nscript = "true"\n', 5, "GOMODCACHE is set by buildbox for the fetch"),
+    ('[source]\ndebian = "caddy"\n[build]\nscript = "true"\nsecret-env = ["API_TOKEN", "PATH"]\n', 5,
+     "secret-env PATH is set by buildbox for the build itself"),
+    ('[source]\ndebian = "caddy"\n[build]\nscript = "true"\n[limits]\ndisk = "1"\n', 6,
+     "disk = '1' is less than a build can work with (16M)"),
+    ('[source]\ndebian = "caddy"\n[build]\nscript = "true"\n[limits]\nprocesses = 2\n', 6,
+     "processes = 2 is less than a build can work with (8)"),
 ]
 
 
@@ -85,6 +91,18 @@ def test_bad_recipes_are_refused_naming_file_line_and_fix(tmp_path: Path, text: 
     assert message.startswith(f"{path}:{line}: "), message
     assert words in message
     assert "\n" not in message
+
+
+def test_no_secret_env_can_stand_for_a_variable_buildbox_sets_for_the_build(tmp_path: Path) -> None:
+    from buildbox.build import build_env
+    head = '[source]\ngit = "https://x/y.git"\n[fetch]\nscript = "go mod download"\n[build]\nscript = "true"\n'
+    # GOFLAGS stays the recipe's (buildbox appends -mod=mod to it); every other name is buildbox's.
+    for name in sorted(set(build_env(load_recipe(write(tmp_path, head)))) - {"GOFLAGS"}):
+        path = write(tmp_path, head + f'secret-env = ["{name}"]\n')
+        with pytest.raises(InputError) as caught:
+            load_recipe(path)
+        assert str(caught.value).startswith(f"{path}:7: secret-env {name} is set by buildbox"), str(caught.value)
+        assert caught.value.exit_code == 2
 
 
 @pytest.mark.parametrize("text,words", [
