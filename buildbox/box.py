@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import errno
 import json
 import os
 import shlex
@@ -37,6 +38,7 @@ MAX_SYMLINKS = 40
 ENTER = Path(__file__).with_name("enter.py")
 HOSTNAME = "buildbox"
 CLONE_NEWUTS = 0x04000000
+MNT_DETACH = 0x2
 # Every command in a box gets its own user, mount, UTS, IPC and PID namespaces (its ids mapped
 # onto the cache's range, its own /proc, its own hostname, no host processes in sight), and its
 # own network namespace unless it fetches.
@@ -141,6 +143,11 @@ class Box:
                 idmap.mount_overlay(self.root, options, cwd=self.dir, ids=self.ids)
                 if not self.keep:
                     self._stack.callback(_unmount, self.root)
+                # overlayfs holds private clones of its layers' mounts: the idmapped mount points
+                # go now, and the box is one mount again (with its disk), as `--keep` says.
+                for place in (*lowers, both):
+                    _unmount(place)
+                    place.rmdir()
             else:
                 self._mount(["-t", "overlay", "overlay", "-o", f"nosuid,nodev,{options}"], self.root,
                             undo=not self.keep, cwd=self.dir)
@@ -155,8 +162,7 @@ class Box:
         place = self.dir / name
         place.mkdir()
         idmap.mount_idmapped(source, place, self.ids, readonly=readonly)
-        if not self.keep:
-            self._stack.callback(_unmount, place)
+        self._stack.callback(_unmount, place)   # if the overlay never comes up
         return place
 
     def as_root(self, work: Callable[[Path], T]) -> T:
@@ -291,7 +297,7 @@ class Box:
     def _remove(self) -> None:
         if self.keep:
             (self.dir / KEPT).touch()
-            mounted = " ".join(shlex.quote(p) for p in mounts_under(self.dir))
+            mounted = " ".join(shlex.quote(str(p)) for p in (self.root, *([self.dir / "disk"] if self.disk else [])))
             log.say(f"buildbox: kept the box {self.label} at {self.root}: "
                     f"`chroot {shlex.quote(str(self.root))}` to look; "
                     f"`umount -R {mounted} && rm -r {shlex.quote(str(self.dir))}` when done")
@@ -336,6 +342,21 @@ def run_on_host(store: Store, argv: Sequence[str], *, writable: Path, at: str, u
             "host_view": {"writable": str(writable), "at": at}}
     return _enter(plan, store.dir("boxes"), what=what, log=log, stream=stream, timeout=timeout,
                   timeout_key="[verify] timeout")
+
+
+def run_helper(store: Store, argv: Sequence[str], *, tree: Path, at: str, env: Mapping[str, str], what: str,
+               log: Path | None) -> str:
+    """Run a host program that makes a tree (mmdebstrap) as the box's root, not host root: in a
+    user namespace of the cache's ids, on the host view run_on_host gives (the host's /usr, /bin,
+    /sbin, /lib*, /etc read-only), with the host's network, and tree bound writable at `at`, seen
+    through the cache's id mapping (enter.py mounts it so, in a mount namespace that dies with the
+    helper), so that what it makes holds box ids on disk."""
+    ids = store.ids()
+    plan = {"root": "/", "cwd": "/", "argv": list(argv), "env": dict(env), "user": None, "network": True,
+            "hostname": HOSTNAME, "devices": list(DEVICES), "limits": {}, "cgroups": [],
+            "host_view": {"writable": str(tree), "at": at}, "ids": ids.map_line()}
+    debug(f"helper: uid and gid map {ids.map_line().strip()}; {tree} bound at {at}")
+    return _enter(plan, store.dir("boxes"), what=what, log=log)
 
 
 def _enter(plan: dict, private: Path, *, what: str, log: Path | None = None, stream: bool = False,
@@ -405,17 +426,21 @@ def _is_owner(name: str) -> bool:
 
 
 def _unmount(target: Path) -> None:
-    """Unmount, waiting out a short busy spell; detach it lazily as the last resort."""
+    """Unmount (umount2 itself: no process to start, on every way out, Ctrl-C included), waiting
+    out a short busy spell; detach it lazily as the last resort."""
+    libc = ctypes.CDLL(None, use_errno=True)
     for attempt in range(5):
-        try:
-            run(["umount", target], what=f"umount {target}", capture=True, cleanup=True)
+        if libc.umount2(os.fsencode(target), 0) == 0:
             return
-        except BuildFailed as err:
-            if "not mounted" in err.tail:
-                return
-            time.sleep(0.2 * (attempt + 1))
+        err = ctypes.get_errno()
+        if err in (errno.EINVAL, errno.ENOENT):   # not a mount point (any more), or gone
+            return
+        if err != errno.EBUSY:
+            break
+        time.sleep(0.2 * (attempt + 1))
     log.warn(f"{target} stayed busy; detaching it lazily")
-    run(["umount", "--lazy", target], what=f"lazy umount {target}", capture=True, cleanup=True)
+    if libc.umount2(os.fsencode(target), MNT_DETACH) != 0 and ctypes.get_errno() not in (errno.EINVAL, errno.ENOENT):
+        log.warn(f"could not unmount {target}: {os.strerror(ctypes.get_errno())}")
 
 
 @contextlib.contextmanager

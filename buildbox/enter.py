@@ -62,7 +62,8 @@ LOW_32 = 0xFFFFFFFF
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE = 442, -100, 0x8000
-MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV = 0x1, 0x2, 0x4
+MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV, MOUNT_ATTR_IDMAP = 0x1, 0x2, 0x4, 0x100000
+SYS_OPEN_TREE, SYS_MOVE_MOUNT, OPEN_TREE_CLONE, AT_EMPTY_PATH, MOVE_MOUNT_F_EMPTY_PATH = 428, 429, 0x1, 0x1000, 0x4
 
 
 class MountAttr(ctypes.Structure):
@@ -147,7 +148,9 @@ def host_view(view, devices):
     as links), EMPTY directories, a /tmp of its own with one directory writable (bound at
     view["at"]), a /proc of this PID namespace and a /dev of the given nodes (no ptys); entered
     by pivot_root, the host's root detached."""
-    keep = os.open(view["writable"], os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)   # before /tmp is covered
+    # Opened before /tmp is covered (for a helper in the box's ids, from where it starts: the
+    # cache's folders on the way are closed to box root).
+    keep = view.get("fd") or os.open(view["writable"], os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     mount("none", "/", None, MS_REC | MS_PRIVATE)
     mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=1m")
     root = "/tmp"
@@ -261,13 +264,20 @@ def wait_for(pid):
 
 
 def enter_box(plan, seccomp):
-    """Host side: the cgroup and network joined; the child unshares, this process maps its ids."""
+    """Host side: the cgroup and network joined; the child makes its user namespace, this process
+    maps its ids (and for a helper, idmaps its tree onto them, in a mount namespace that dies with
+    it), then the child makes the rest of its namespaces."""
     if plan.get("netns"):   # pasta's namespace (the host's owns it: box root cannot reconfigure it)
         fd = os.open(plan["netns"], os.O_RDONLY | os.O_CLOEXEC)
         if libc.setns(fd, CLONE_NEWNET) != 0:
             fail("joining the box's network namespace: " + os.strerror(ctypes.get_errno()))
         os.close(fd)
-    flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID
+    helper = plan.get("host_view")
+    if helper:   # the tree's idmapped mount lives here, and goes with this process, even by SIGKILL
+        if libc.unshare(CLONE_NEWNS) != 0:
+            fail("unshare: " + os.strerror(ctypes.get_errno()))
+        mount("none", "/", None, MS_REC | MS_PRIVATE)
+    flags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID
     if not plan["network"] and not plan.get("netns"):
         flags |= CLONE_NEWNET
     unshared_r, unshared_w = os.pipe()
@@ -277,15 +287,23 @@ def enter_box(plan, seccomp):
         os.close(unshared_r)
         os.close(mapped_w)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        os.chdir(plan["root"])   # as host root; unshare moves it to the same place in the copy
-        if libc.unshare(flags) != 0:
+        if libc.unshare(CLONE_NEWUSER) != 0:
             fail("unshare: " + os.strerror(ctypes.get_errno()))
         os.write(unshared_w, b"u")
         if os.read(mapped_r, 1) != b"m":
             os._exit(125)
+        # Still host root's ids: the cache's folders on the way are open to it. unshare then
+        # moves the current directory to the same place in the copy (a helper's: its tree).
+        os.chdir(helper["writable"] if helper else plan["root"])
+        if libc.unshare(flags) != 0:
+            fail("unshare: " + os.strerror(ctypes.get_errno()))
         os.setgroups([])
         os.setresgid(0, 0, 0)
         os.setresuid(0, 0, 0)
+        # Again: a change of credentials clears the parent-death signal.
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() == 1:   # the host side died before this line: die too
+            os._exit(125)
         first = os.fork()   # the first process of the box's PID namespace
         if first == 0:
             libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -302,13 +320,39 @@ def enter_box(plan, seccomp):
     except OSError as err:
         os.kill(pid, signal.SIGKILL)
         fail(f"mapping the box's ids ({plan['ids'].strip()}): {err.strerror}")
+    if helper:
+        idmap_onto_itself(helper["writable"], f"/proc/{pid}/ns/user")
     os.write(mapped_w, b"m")
     forward_signals(pid)
     wait_for(pid)
 
 
+def idmap_onto_itself(path, userns):
+    """Mount path over itself, its ids seen through userns's mapping (what the box's user
+    namespace sees its layers through), nosuid and nodev."""
+    ns = os.open(userns, os.O_RDONLY | os.O_CLOEXEC)
+    fd = libc.syscall(SYS_OPEN_TREE, AT_FDCWD, path.encode(), OPEN_TREE_CLONE | os.O_CLOEXEC)
+    if fd < 0:
+        fail(f"open_tree {path}: " + os.strerror(ctypes.get_errno()))
+    attr = MountAttr(MOUNT_ATTR_IDMAP | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0, 0, ns)
+    if libc.syscall(SYS_MOUNT_SETATTR, fd, b"", AT_EMPTY_PATH, ctypes.byref(attr), ctypes.sizeof(attr)) != 0:
+        fail(f"idmapping {path}: " + os.strerror(ctypes.get_errno()))
+    if libc.syscall(SYS_MOVE_MOUNT, fd, b"", AT_FDCWD, path.encode(), MOVE_MOUNT_F_EMPTY_PATH) != 0:
+        fail(f"move_mount {path}: " + os.strerror(ctypes.get_errno()))
+    os.close(fd)
+    os.close(ns)
+
+
 def in_box(plan, seccomp):
-    """The box's first process: its /proc and /dev, its name, its loopback, its root."""
+    """The box's first process: its /proc and /dev, its name, its loopback, its root (or for a
+    helper, mmdebstrap, the host view with the tree it makes writable)."""
+    if plan.get("host_view"):
+        plan["host_view"]["fd"] = os.open(".", os.O_PATH | os.O_DIRECTORY)   # the helper's tree
+        host_view(plan["host_view"], plan["devices"])
+        socket.sethostname(plan["hostname"])
+        if not plan["network"]:
+            loopback_up()
+        run_command(plan, seccomp)
     mount("none", "/", None, MS_REC | MS_PRIVATE)   # nothing of the box's propagates to the host
     bind_here(plan["root"])
     mount("proc", "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)

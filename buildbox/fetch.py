@@ -22,7 +22,7 @@ from buildbox.errors import BuildFailed
 from buildbox.inroot import set_attributes
 from buildbox.process import run
 from buildbox.recipe import Recipe
-from buildbox.store import Store, file_sha256, tree_sha256
+from buildbox.store import Store, stat_sha256, tree_sha256
 
 SCRIPT = "/buildbox/fetch.sh"
 LISTING = "listing.json"   # beside a fetched tree: each path's type, mode and digest, for diffs
@@ -175,7 +175,7 @@ def listing(root: Path) -> dict[str, str]:
             elif stat.S_ISDIR(st.st_mode):
                 found[rel] = f"dir {stat.S_IMODE(st.st_mode):o}"
             else:
-                found[rel] = f"file {stat.S_IMODE(st.st_mode):o} {file_sha256(path)}"
+                found[rel] = f"file {stat.S_IMODE(st.st_mode):o} {stat_sha256(path, st)}"
     return found
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from buildbox import log
+from buildbox.box import run_helper
 from buildbox.constants import EPOCH   # fixed: the same bootstrap inputs give the same tarball
 from buildbox.errors import BuildFailed, InputError
 from buildbox.inroot import Root, set_attributes
@@ -22,7 +23,7 @@ from buildbox.process import run
 from buildbox.recipe import BootstrapSet, UnpackLimits
 from buildbox.space import free_bytes, require_room
 from buildbox.space import reserve as reserve_of
-from buildbox.store import file_sha256
+from buildbox.store import Store, file_sha256
 
 CHUNK = 1 << 16
 DOWNLOAD_ATTEMPTS = 6
@@ -107,7 +108,13 @@ def _download(url: str, part: Path) -> None:
             time.sleep(min(0.5 * 2 ** attempt, 8))
 
 
-def make_bootstrap(spec: BootstrapSet, dest: Path, logfile: Path) -> None:
+BOOTSTRAP_AT = "/tmp/bootstrap"   # where mmdebstrap's helper sees the tree it makes
+MMDEBSTRAP_DEV_DIRS = ("pts", "shm")
+MMDEBSTRAP_DEV_LINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
+                        "stderr": "/proc/self/fd/2"}
+
+
+def make_bootstrap(store: Store, spec: BootstrapSet, dest: Path, logfile: Path) -> None:
     """Bootstrap Debian with mmdebstrap into the directory dest, a read-only layer from then on.
 
     A directory, not a tarball: a base is an overlay on its bootstrap, so nothing is unpacked.
@@ -121,14 +128,24 @@ def make_bootstrap(spec: BootstrapSet, dest: Path, logfile: Path) -> None:
     if spec.packages:
         argv.append(f"--include={','.join(spec.packages)}")
     deb = f"deb {spec.mirror} {spec.suite} main"
-    argv += ["--", spec.suite, str(dest), deb]   # Getopt::Long: `--` ends the options
-    run(argv, what=f"mmdebstrap of {spec.suite} from {spec.mirror}", env=dict(os.environ, SOURCE_DATE_EPOCH=str(EPOCH)),
-        log=logfile, contained=True)
+    argv += ["--", spec.suite, BOOTSTRAP_AT, deb]   # Getopt::Long: `--` ends the options
+    # As box root, not host root: the archive's maintainer scripts run in the cache's ids, on a
+    # host view where only dest is writable (box.run_helper).
+    run_helper(store, argv, tree=dest, at=BOOTSTRAP_AT, what=f"mmdebstrap of {spec.suite} from {spec.mirror}",
+               env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SOURCE_DATE_EPOCH": str(EPOCH), "LANG": "C.UTF-8",
+                    "HOME": "/root", "TMPDIR": "/tmp"}, log=logfile)
     # deb-src too: recipes install the Build-Depends of, and fetch, Debian source packages. Written
     # here, as mmdebstrap would have written it, rather than given to it: it would download the
     # Sources index only to throw it away (every box that installs runs apt-get update first).
     with Root(dest) as tree:
         tree.write("/etc/apt/sources.list", f"{deb}\n\ndeb-src {spec.mirror} {spec.suite} main\n")
+        # Where it cannot mknod (a user namespace), mmdebstrap leaves /dev empty; where it can,
+        # it adds these beside the nodes: the same tree either way.
+        for name in MMDEBSTRAP_DEV_DIRS:
+            tree.makedirs(f"/dev/{name}", mode=0o755, owner=(0, 0))
+        for name, target in MMDEBSTRAP_DEV_LINKS.items():
+            if tree.lstat(f"/dev/{name}") is None:
+                tree.symlink(target, f"/dev/{name}")
     # Written into a directory, mmdebstrap leaves the device nodes its chroot used (console,
     # ptmx, ...); a set holds none: buildbox makes the few a box gets itself.
     for node in sorted((dest / "dev").iterdir()) if (dest / "dev").is_dir() else []:

@@ -33,6 +33,21 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+# The digests of files this process has hashed, by what their stat says of them (a change of
+# content changes ctime): a fetched tree is digested, recorded and listed once each, read once.
+_hashed: dict[tuple[int, ...], str] = {}
+
+
+def stat_sha256(path: Path, st: os.stat_result) -> str:
+    """file_sha256 of a regular file whose lstat is st, hashed once per process while unchanged."""
+    mark = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if mark not in _hashed:
+        if len(_hashed) > 200000:
+            _hashed.clear()
+        _hashed[mark] = file_sha256(path)
+    return _hashed[mark]
+
+
 def copy_sparse(source: Path, dest: Path, digest: Any = None) -> int:
     """Copy a file to a new dest with its holes kept as holes (SEEK_DATA / SEEK_HOLE), feeding
     every byte, zeros of the holes included, to digest when given; returns the file's size."""
@@ -98,7 +113,7 @@ def tree_sha256(root: Path, *, id_base: int = 0, format: int = DIGEST_FORMAT) ->
             fields = [os.path.normpath(os.path.join(rel, name)), f"{st.st_mode:o}", str(inside(st.st_uid)),
                       str(inside(st.st_gid)), str(int(st.st_mtime))]
             if stat.S_ISREG(st.st_mode):
-                fields.append(file_sha256(Path(path)))
+                fields.append(stat_sha256(Path(path), st))
             elif stat.S_ISLNK(st.st_mode):
                 fields.append(os.readlink(path))
             elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):

@@ -340,7 +340,7 @@ class Planner:
         from buildbox.sets import make_bootstrap
         with log.step(f"Bootstrapping Debian {spec.suite} ({spec.variant}) with mmdebstrap"):
             try:
-                make_bootstrap(spec, tmp / "root", self.logfile("bootstrap", self.set_key(spec)[:12], why))
+                make_bootstrap(self.store, spec, tmp / "root", self.logfile("bootstrap", self.set_key(spec)[:12], why))
             except BuildFailed as err:
                 from buildbox.packages import explain_apt_failure
                 raise explain_apt_failure(err, spec.where) from None

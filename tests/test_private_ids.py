@@ -164,3 +164,51 @@ def test_a_cache_made_before_private_ids_gets_a_range_and_keeps_its_bootstrap(wo
         if meta.get("digest-format") == 2:
             assert meta["sha256"] == tree_sha256(entry / "root")
             assert meta["sha256-v1"] != meta["sha256"]
+
+
+def test_the_host_account_with_the_build_users_uid_cannot_use_up_the_builds_process_limit(
+        workspace: Workspace) -> None:
+    recipe = shell_recipe(workspace, "nproc", 'for i in 1 2 3 4 5 6 7 8; do sleep 1 & done; wait\n'
+                          'echo ok > "$OUT/ok"')
+    recipe.write_text(recipe.read_text() + "[limits]\nprocesses = 32\n")
+    name = host_account_1000()
+    account = pwd.getpwnam(name)
+    # 48 processes of host uid 1000: past the build's RLIMIT_NPROC, were it counted with them.
+    hog = subprocess.Popen(["setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--clear-groups",
+                            "--", "sh", "-c", "for i in $(seq 48); do sleep 60 & done; wait"],
+                           start_new_session=True)
+    try:
+        time.sleep(1)
+        result = workspace.buildbox("run", recipe, check=None)
+    finally:
+        os.killpg(hog.pid, 9)
+        hog.wait()
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_mmdebstraps_helper_runs_as_box_root_with_only_its_tree_writable(workspace: Workspace,
+                                                                          tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO))
+    from buildbox.box import run_helper
+    from buildbox.sets import BOOTSTRAP_AT
+    from buildbox.store import Store
+    store = Store(workspace.cache)
+    store.claim(create=True)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    canary = tmp_path / "canary"
+    canary.write_text("unchanged\n")
+    script = (f"cat /proc/self/uid_map > {BOOTSTRAP_AT}/map; id -u > {BOOTSTRAP_AT}/uid; "
+              f"ls -A /home /root /var > {BOOTSTRAP_AT}/state 2>&1; "
+              f"(echo x >> {canary}) 2>/dev/null && echo wrote > {BOOTSTRAP_AT}/wrote; "
+              f"(touch /usr/bin/bb-canary) 2>/dev/null && echo usr > {BOOTSTRAP_AT}/usr; true")
+    run_helper(store, ["sh", "-c", script], tree=tree, at=BOOTSTRAP_AT, env={"PATH": "/usr/bin:/bin"},
+               what="the helper", log=None)
+    host, _ = marker_ids(workspace.cache)
+    assert (tree / "map").read_text().split() == ["0", str(host), "65536"]
+    assert (tree / "uid").read_text().strip() == "0"
+    assert os.stat(tree / "uid").st_uid == 0   # box root's files hold box ids on disk
+    assert not (tree / "wrote").exists() and canary.read_text() == "unchanged\n"
+    assert not (tree / "usr").exists() and not Path("/usr/bin/bb-canary").exists()
+    assert "No such file" not in (tree / "state").read_text()   # they are there, and empty
+    assert (tree / "state").read_text().split() == ["/home:", "/root:", "/var:"]
