@@ -233,6 +233,34 @@ class Box:
         if readonly:
             run(["mount", "-o", "remount,bind,ro,nosuid,nodev", target], what=f"read-only remount of {box_path}")
 
+    def overlay(self, shared: Path, box_path: str) -> Path:
+        """Make a shared cache directory (the .deb cache) writable in the box without the box
+        writing to it: an overlay of its own at box_path, the cache its lower layer (read-only,
+        idmapped), the box's writes in an upper layer in the box's folder, whose path is returned
+        (for host code to take from it what checks out). A setuid file or a changed mode made
+        there never reaches the host's cache."""
+        assert self.ids
+        target = self._target(box_path, dir=True)
+        line = f"overlay {shared} -> {box_path} (writes stay in the box)"
+        log.note(line)
+        if self.log:
+            with open(self.log, "a") as f:
+                f.write(f"buildbox: {line}\n")
+        index = len(list(self.dir.glob("over*")))
+        place = self.dir / f"over{index}"
+        for d in (place / "upper", place / "work"):
+            d.mkdir(parents=True)
+        os.chmod(place / "upper", 0o755)
+        lower = self._idmapped(shared, f"o{index}l", readonly=True)
+        both = self._idmapped(place, f"o{index}u", readonly=False)
+        idmap.mount_overlay(target, f"lowerdir={lower.name},upperdir={both.name}/upper,workdir={both.name}/work",
+                            cwd=self.dir, ids=self.ids)
+        self._stack.callback(_unmount, target)
+        for helper in (lower, both):
+            _unmount(helper)
+            helper.rmdir()
+        return place / "upper"
+
     def _target(self, box_path: str, *, dir: bool) -> Path:
         """A mount point inside the box, made if missing; never a symlink that could lead out."""
         # Directories made here are 0755 whatever the host's umask (verify runs under 077): the
@@ -298,8 +326,8 @@ class Box:
         if self.keep:
             (self.dir / KEPT).touch()
             mounted = " ".join(shlex.quote(str(p)) for p in (self.root, *([self.dir / "disk"] if self.disk else [])))
-            log.say(f"buildbox: kept the box {self.label} at {self.root}: "
-                    f"`chroot {shlex.quote(str(self.root))}` to look; "
+            log.say(f"buildbox: kept the box {self.label} at {self.root}: look at its files there (never run its "
+                    "programs as host root: `buildbox shell` enters a box as the box does); "
                     f"`umount -R {mounted} && rm -r {shlex.quote(str(self.dir))}` when done")
             return
         left = mounts_under(self.dir)

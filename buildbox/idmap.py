@@ -107,25 +107,30 @@ def mount_overlay(target: Path, options: str, *, cwd: Path, ids: Ids) -> None:
     filesystem ids are box root's: overlayfs makes its work directory and copies files up with its
     mounter's credentials, and through idmapped layers host root's ids have no owner on disk
     (EOVERFLOW). The child keeps host root's capabilities (SECBIT_NO_SETUID_FIXUP)."""
+    read, write = os.pipe()
     pid = os.fork()
-    if pid == 0:
+    if pid == 0:   # the child: its errno, if any, goes back through the pipe
+        err = errno.EIO
         try:
+            os.close(read)
             os.chdir(cwd)
-            status = 0
             if _libc.prctl(PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP, 0, 0, 0) != 0:
-                status = 100 + ctypes.get_errno() % 100
+                err = ctypes.get_errno()
             else:
                 _libc.setfsgid(ids.host)
                 _libc.setfsuid(ids.host)
-                if _libc.mount(b"overlay", os.fsencode(target), b"overlay", MS_NOSUID | MS_NODEV,
-                               options.encode()) != 0:
-                    status = ctypes.get_errno() % 100 or 99
+                ok = _libc.mount(b"overlay", os.fsencode(target), b"overlay", MS_NOSUID | MS_NODEV,
+                                 options.encode()) == 0
+                err = 0 if ok else ctypes.get_errno()
         finally:
-            os._exit(locals().get("status", 99))
-    _, code = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(code)
-    if code:
-        err = code - 100 if code > 100 else code
+            os.write(write, str(err).encode())
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as answer:
+        said = answer.read()
+    os.waitpid(pid, 0)
+    err = int(said) if said.isdigit() else errno.EIO
+    if err:
         raise BuildFailed(f"mounting the box's overlay at {target}: {os.strerror(err)}",
                           hint="buildbox needs overlayfs with idmapped layers (Linux 5.19 or later), as root")
     if os.statvfs(target).f_flag & os.ST_RDONLY:   # overlayfs mounts read-only what it cannot write
@@ -169,7 +174,10 @@ def as_box_root(ids: Ids, root: Path, work: Callable[[Path], T]) -> T:
     with os.fdopen(read, "rb") as inp:
         data = inp.read()
     os.waitpid(pid, 0)
-    ok, value = pickle.loads(data) if data else (False, BuildFailed("host-side work in the box died"))
+    try:
+        ok, value = pickle.loads(data)
+    except Exception:   # nothing, or half of it: the child died
+        ok, value = False, BuildFailed("host-side work in the box died before it said how it went")
     if not ok:
         raise value
     return value

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import os
+import stat
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from buildbox.box import Box
 from buildbox.errors import BuildFailed, BuildboxError, InputError
-from buildbox.store import Store, file_sha256, write_meta
+from buildbox.store import Store, copy_sparse, file_sha256, write_meta
 
 if TYPE_CHECKING:
     from buildbox.recipe import Lock
@@ -28,10 +30,37 @@ APT_OPTS = [
 ]
 
 
-def fetch_access(box: Box, store: Store) -> None:
-    """What a box needs to reach the network and the shared .deb cache."""
+ARCHIVES = "/var/cache/apt/archives"
+
+
+def fetch_access(box: Box, store: Store) -> Path:
+    """What a box needs to reach the network and the shared .deb cache: the cache under an
+    overlay of the box's own (box root writes nothing of the host's); returns where its new
+    files are, for keep_debs."""
     box.bind(Path("/etc/resolv.conf").resolve(), "/etc/resolv.conf")
-    box.bind(store.dir("debs"), "/var/cache/apt/archives", readonly=False)
+    os.chmod(store.dir("debs"), 0o755)
+    return box.overlay(store.dir("debs"), ARCHIVES)
+
+
+def keep_debs(new: Path, store: Store, index: dict[tuple[str, str, str], str]) -> None:
+    """Copy into the shared .deb cache the .debs this box downloaded that are what the archive's
+    signed index says (name, version, arch and sha256), as root's plain 0644 files: nothing a
+    package, a hook or a mirror left there is taken on its word."""
+    expected = {deb_name(name, version, arch): digest for (name, version, arch), digest in index.items()}
+    debs = store.dir("debs")
+    for entry in sorted(os.scandir(new), key=lambda e: e.name):
+        digest = expected.get(entry.name)
+        if digest is None or not _regular(Path(entry.path)) or (debs / entry.name).exists():
+            continue
+        tmp = debs / f".{entry.name}.tmp-{os.getpid()}"
+        try:
+            copy_sparse(Path(entry.path), tmp)
+            if file_sha256(tmp) != digest:
+                continue
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, debs / entry.name)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def make_layer(store: Store, lower: list[Path], install: tuple[str, ...], build_deps: tuple[str, ...],
@@ -39,7 +68,7 @@ def make_layer(store: Store, lower: list[Path], install: tuple[str, ...], build_
     """Install packages over `lower` and keep what changed as the layer `entry`/root: what the
     recipe asks for, resolved by apt today, or with a lock exactly the packages it pins."""
     with Box(store, lower, label="layer", upper=entry / "root", log=logfile) as box:
-        fetch_access(box, store)
+        new_debs = fetch_access(box, store)
 
         def apt(*args: str, what: str) -> None:
             box.run(["apt-get", *args], what=what, env=APT_ENV, log=logfile, network=True)
@@ -53,7 +82,9 @@ def make_layer(store: Store, lower: list[Path], install: tuple[str, ...], build_
             if build_deps:
                 apt("build-dep", *APT_OPTS, "--", *build_deps,
                     what=f"installing the Build-Depends of {', '.join(build_deps)}")
-        packages = _pins(box, store)
+        index = _index_sha256(box.path("/var/lib/apt/lists"))
+        packages = _pins(box, index, (new_debs, store.dir("debs")))
+        keep_debs(new_debs, store, index)
     if lock:
         _check_locked(packages, lock)
     write_meta(entry, {"install": list(install), "build-deps": list(build_deps), "packages": packages})
@@ -78,20 +109,27 @@ def deb_name(name: str, version: str, arch: str) -> str:
     return f"{name.split(':')[0]}_{version.replace(':', '%3a')}_{arch}.deb"
 
 
-def _pins(box: Box, store: Store) -> dict[str, dict[str, str]]:
+def _pins(box: Box, index: dict[tuple[str, str, str], str], places: tuple[Path, ...]) -> dict[str, dict[str, str]]:
     """Every installed package with its version, architecture and .deb sha256: the sha256 of the
-    very file apt installed where the .deb cache has it, else the one the archive's index gives."""
-    index = _index_sha256(box.path("/var/lib/apt/lists"))
-    debs = store.dir("debs")
+    very file apt installed where a .deb cache (the box's new files, the shared cache) has it as a
+    regular file, else the one the archive's index gives."""
     pins = {}
     for name, (version, arch) in sorted(_installed(box).items()):
         pin = {"version": version, "arch": arch}
-        cached = debs / deb_name(name, version, arch)
-        digest = file_sha256(cached) if cached.is_file() else index.get((name.split(":")[0], version, arch))
+        file = deb_name(name, version, arch)
+        cached = next((place / file for place in places if _regular(place / file)), None)
+        digest = file_sha256(cached) if cached else index.get((name.split(":")[0], version, arch))
         if digest:
             pin["sha256"] = digest
         pins[name] = pin
     return pins
+
+
+def _regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _index_sha256(lists: Path) -> dict[tuple[str, str, str], str]:

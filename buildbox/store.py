@@ -221,8 +221,17 @@ class Store:
         except (OSError, ValueError):
             data = {}
         ids = data.get("ids")
-        if isinstance(ids, dict) and isinstance(ids.get("host"), int) and ids.get("count") == ID_RANGE:
-            return Ids(ids["host"], ID_RANGE)
+        if isinstance(ids, dict) and "host" in ids:
+            host = ids.get("host")
+            # Never taken on the marker's word alone: whoever could write it must not make box
+            # root host root, or hand a box a host account's ids.
+            if type(host) is not int or ids.get("count") != ID_RANGE or not ID_START <= host < ID_LAST \
+                    or host % ID_STEP or id_range_taken(host):
+                from buildbox.errors import InputError
+                raise InputError(f"{marker}: its box id range {ids!r} is not one buildbox reserves (from {ID_START}, "
+                                 f"in steps of {ID_STEP}, clear of every host account and subordinate range)",
+                                 hint=f"remove \"ids\" from {marker} and run again: a free range is picked")
+            return Ids(host, ID_RANGE)
         if self.read_only or not marker.is_file():
             return Ids(free_id_range(), ID_RANGE)
         chosen = Ids(free_id_range(), ID_RANGE)
@@ -440,6 +449,16 @@ class Ids:
 def free_id_range() -> int:
     """The first 65536-id range at ID_START or above that no host account, group or subordinate
     range (/etc/subuid, /etc/subgid) of this host touches."""
+    for start in range(ID_START, ID_LAST, ID_STEP):
+        if not id_range_taken(start):
+            return start
+    from buildbox.errors import InputError
+    raise InputError("no free range of 65536 host ids for the boxes",
+                     hint=f"free ids between {ID_START} and {ID_LAST} (accounts or /etc/subuid ranges use them all)")
+
+
+def id_range_taken(start: int) -> bool:
+    """Whether a host account, group or subordinate range touches start .. start+65535."""
     import grp
     import pwd
     taken: list[tuple[int, int]] = [(p.pw_uid, 1) for p in pwd.getpwall()] + [(g.gr_gid, 1) for g in grp.getgrall()]
@@ -452,12 +471,7 @@ def free_id_range() -> int:
             parts = line.split(":")
             if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
                 taken.append((int(parts[1]), int(parts[2])))
-    for start in range(ID_START, ID_LAST, ID_STEP):
-        if not any(first < start + ID_RANGE and start < first + count for first, count in taken):
-            return start
-    from buildbox.errors import InputError
-    raise InputError("no free range of 65536 host ids for the boxes",
-                     hint=f"free ids between {ID_START} and {ID_LAST} (accounts or /etc/subuid ranges use them all)")
+    return any(first < start + ID_RANGE and start < first + count for first, count in taken)
 DIGEST_KEYED = ("fetches",)   # kinds whose entries are filed under their tree's digest
 KINDS = ("downloads", "bootstraps", "bases", "layers", "sources", "fetches", "builds")
 INPUTS = "inputs.json"   # beside each entry's content: the key document it was made from

@@ -371,6 +371,14 @@ class Planner:
         meta = read_meta(entry)
         if meta.get("digest-format") == DIGEST_FORMAT:
             return meta["sha256"]
+        # Upgraded only if it still is the tree its old digest names: a damaged one is made again.
+        if meta.get("sha256") != tree_sha256(entry / "root", format=1):
+            if self.store.read_only:
+                raise BuildboxError(f"the cached bootstrap {key[:12]} changed since it was made")
+            log.warn(f"the cached bootstrap {key[:12]} was changed since it was made; removed it, to make it again")
+            self.store.remove_entry("bootstraps", key)
+            raise BuildboxError(f"the cached bootstrap {key[:12]} was changed since it was made and is removed",
+                                hint="run again: it is made afresh")
         digest = tree_sha256(entry / "root")
         if not self.store.read_only:
             self.store.update_meta("bootstraps", key, {"sha256": digest, "digest-format": DIGEST_FORMAT,

@@ -212,3 +212,29 @@ def test_mmdebstraps_helper_runs_as_box_root_with_only_its_tree_writable(workspa
     assert not (tree / "usr").exists() and not Path("/usr/bin/bb-canary").exists()
     assert "No such file" not in (tree / "state").read_text()   # they are there, and empty
     assert (tree / "state").read_text().split() == ["/home:", "/root:", "/var:"]
+
+
+def test_box_root_writes_nothing_into_the_shared_deb_cache(workspace: Workspace) -> None:
+    shell_recipe(workspace, "warm", 'echo > "$OUT/x"')
+    workspace.buildbox("run", workspace.root / "recipes" / "warm.toml")
+    sys.path.insert(0, str(REPO))
+    from buildbox.box import Box
+    from buildbox.packages import fetch_access, keep_debs
+    from buildbox.store import Store
+    store = Store(workspace.cache)
+    debs = workspace.cache / "debs"
+    base = next(p for p in sorted((workspace.cache / "bases").iterdir()) if (p / "root").is_dir())
+    layers = [base / "root", *sorted(p / "root" for p in (workspace.cache / "bootstraps").iterdir()
+                                     if (p / "root").is_dir())[:1]]
+    # What a maintainer script or an apt hook does as root in a package box: a setuid copy of a
+    # shell, the cache opened to everyone, a forged .deb under a name apt would use.
+    attack = ("cp /bin/sh /var/cache/apt/archives/.x && chmod 4755 /var/cache/apt/archives/.x; "
+              "chmod 777 /var/cache/apt/archives; echo forged > /var/cache/apt/archives/bbtest_1.0_amd64.deb")
+    with Box(store, layers, label="test-debs") as box:
+        new = fetch_access(box, store)
+        box.run(["sh", "-c", attack], what="the attack")
+        keep_debs(new, store, {("bbtest", "1.0", "amd64"): "0" * 64})
+    assert not (debs / ".x").exists()
+    assert os.stat(debs).st_mode & 0o777 == 0o755
+    assert not (debs / "bbtest_1.0_amd64.deb").exists()
+    assert not [p for p in debs.iterdir() if p.stat().st_mode & 0o6000]
