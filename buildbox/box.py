@@ -15,6 +15,7 @@ import os
 import shlex
 import shutil
 import socket
+import stat
 import sys
 import time
 import uuid
@@ -270,8 +271,20 @@ class Box:
                 tree.makedirs(box_path if dir else os.path.dirname(box_path), mode=0o755)
                 if not dir and tree.lstat(box_path) is None:
                     tree.write(box_path, "")
-        self.as_root(make)
+        if not self._has(box_path, dir=dir):   # most are there already: no trip into the box's ids
+            self.as_root(make)
         return self.path(box_path)
+
+    def _has(self, box_path: str, *, dir: bool) -> bool:
+        with Root(self.root) as tree:
+            if not dir:
+                found = tree.lstat(box_path)
+                return found is not None and stat.S_ISREG(found.st_mode)
+            try:
+                os.close(tree.open(box_path, os.O_PATH | os.O_DIRECTORY))
+                return True
+            except OSError:
+                return False
 
     def _mount(self, args: list[str], target: Path, *, undo: bool = True, cwd: Path | None = None) -> None:
         run(["mount", *args, target], what=f"mount {target}", cwd=cwd)

@@ -38,14 +38,44 @@ def file_sha256(path: Path) -> str:
 _hashed: dict[tuple[int, ...], str] = {}
 
 
-def stat_sha256(path: Path, st: os.stat_result) -> str:
-    """file_sha256 of a regular file whose lstat is st, hashed once per process while unchanged."""
-    mark = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+def stat_sha256(path: Path, st: os.stat_result, *, chunked: bool = False) -> str:
+    """file_sha256 (or chunked_sha256) of a regular file whose lstat is st, hashed once per
+    process while unchanged."""
+    mark = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, chunked)
     if mark not in _hashed:
         if len(_hashed) > 200000:
             _hashed.clear()
-        _hashed[mark] = file_sha256(path)
+        _hashed[mark] = chunked_sha256(path) if chunked else file_sha256(path)
     return _hashed[mark]
+
+
+CHUNK = 1 << 20
+_zero_chunks: dict[int, bytes] = {}
+
+
+def chunked_sha256(path: Path) -> str:
+    """The sha256 of a file's size and of the sha256 of each of its 1 MiB chunks: its content
+    alone decides it (a hole reads as zeros, so the same bytes written or sparse are one digest),
+    and a chunk that lies in a hole (SEEK_DATA) is not read, so a sparse file costs its data."""
+    digest = hashlib.sha256(b"%d:" % os.stat(path).st_size)
+    with open(path, "rb") as f:
+        fd = f.fileno()
+        size = os.fstat(fd).st_size
+        data = 0   # where the next data starts, as far as known
+        for start in range(0, size, CHUNK):
+            length = min(CHUNK, size - start)
+            if data < start + length:
+                try:
+                    data = os.lseek(fd, start, os.SEEK_DATA)
+                except OSError:   # ENXIO: a hole up to the end
+                    data = size
+            if data >= start + length:   # all hole: zeros, unread
+                if length not in _zero_chunks:
+                    _zero_chunks[length] = hashlib.sha256(bytes(length)).digest()
+                digest.update(_zero_chunks[length])
+            else:
+                digest.update(hashlib.sha256(os.pread(fd, length, start)).digest())
+    return digest.hexdigest()
 
 
 def copy_sparse(source: Path, dest: Path, digest: Any = None) -> int:
@@ -112,8 +142,8 @@ def tree_sha256(root: Path, *, id_base: int = 0, format: int = DIGEST_FORMAT) ->
             st = os.lstat(path)
             fields = [os.path.normpath(os.path.join(rel, name)), f"{st.st_mode:o}", str(inside(st.st_uid)),
                       str(inside(st.st_gid)), str(int(st.st_mtime))]
-            if stat.S_ISREG(st.st_mode):
-                fields.append(stat_sha256(Path(path), st))
+            if stat.S_ISREG(st.st_mode):   # format 2: chunked, so a sparse file costs its data
+                fields.append(stat_sha256(Path(path), st, chunked=format == DIGEST_FORMAT))
             elif stat.S_ISLNK(st.st_mode):
                 fields.append(os.readlink(path))
             elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):

@@ -44,3 +44,29 @@ def test_a_fetched_tree_filed_under_an_old_format_digest_is_a_miss(tmp_path: Pat
     file_tree("b" * 64, DIGEST_FORMAT)
     assert not store.intact("fetches", "a" * 64)
     assert store.intact("fetches", "b" * 64)
+
+
+def read_bytes_so_far() -> int:
+    return int(next(line for line in Path("/proc/self/io").read_text().splitlines()
+                    if line.startswith("rchar:")).split()[1])
+
+
+def test_a_sparse_file_digests_as_its_bytes_and_costs_its_data_not_its_size(tmp_path: Path) -> None:
+    dense, sparse, huge = tmp_path / "dense", tmp_path / "sparse", tmp_path / "huge"
+    for root in (dense, sparse, huge):
+        root.mkdir()
+    size = (3 << 20) + 17
+    (dense / "f").write_bytes(bytes(1 << 20) + b"data" + bytes(size - (1 << 20) - 4))
+    with open(sparse / "f", "wb") as f:   # the same bytes, with holes
+        f.truncate(size)
+        f.seek(1 << 20)
+        f.write(b"data")
+    for root in (dense, sparse):
+        for path in (root / "f", root):
+            os.utime(path, (1700000000, 1700000000))
+    assert tree_sha256(dense) == tree_sha256(sparse)
+    with open(huge / "f", "wb") as f:
+        f.truncate(8 << 30)   # 8 GiB of holes
+    before = read_bytes_so_far()
+    tree_sha256(huge)
+    assert read_bytes_so_far() - before < (16 << 20)
