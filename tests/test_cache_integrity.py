@@ -165,7 +165,9 @@ def test_a_cached_tree_changed_near_its_top_is_a_miss_and_made_again(workspace: 
 
 
 def test_ctrl_c_while_out_is_installed_exits_130_and_leaves_the_old_out_whole(workspace: Workspace) -> None:
-    script = 'echo {v} > "$OUT/version"\nhead -c 400000000 /dev/zero > "$OUT/big"'
+    # Many files as well as a big one: the copy to out/ lasts long enough for the signal to land in it.
+    script = ('echo {v} > "$OUT/version"\nhead -c 400000000 /dev/zero > "$OUT/big"\n'
+              'mkdir "$OUT/many" && for i in $(seq 1500); do echo $i > "$OUT/many/$i"; done')
     recipe = shell_recipe(workspace, "interrupted", script.format(v=1))
     workspace.buildbox("run", recipe, "-q")
     recipe.write_text(recipe.read_text().replace("echo 1", "echo 2"))
