@@ -48,6 +48,12 @@ def test_a_box_sees_its_own_ids_and_mounts_and_no_host_path(workspace: Workspace
     assert f"uid and gid map 0 {host} 65536" in result.stderr   # --debug shows the map
 
 
+def base_layers(cache: Path) -> list[Path]:
+    """A cached base over its bootstrap: the layers of a box made by hand."""
+    base = next(p for p in sorted((cache / "bases").iterdir()) if (p / "root").is_dir())
+    return [base / "root", *sorted(p / "root" for p in (cache / "bootstraps").iterdir() if (p / "root").is_dir())[:1]]
+
+
 def test_box_root_holds_no_host_power_and_a_chroot_escape_finds_nothing(workspace: Workspace,
                                                                          tmp_path: Path) -> None:
     shell_recipe(workspace, "warm", 'echo > "$OUT/x"')
@@ -58,9 +64,7 @@ def test_box_root_holds_no_host_power_and_a_chroot_escape_finds_nothing(workspac
     from buildbox.box import Box
     from buildbox.store import Store
     store = Store(workspace.cache)
-    base = next(p for p in sorted((workspace.cache / "bases").iterdir()) if (p / "root").is_dir())
-    layers = [base / "root", *sorted(p / "root" for p in (workspace.cache / "bootstraps").iterdir()
-                                     if (p / "root").is_dir())[:1]]
+    layers = base_layers(workspace.cache)
     # What a hostile maintainer script or apt hook does as root in the box: the classic chroot
     # escape, then a look for the host's canary, a write to it, and the capabilities it has.
     escape = (f'mkdir "x"; chroot "x"; chdir("..") for 1..64; chroot "."; '
@@ -93,17 +97,8 @@ def as_uid_1000(script: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_host_account_with_the_build_users_uid_cannot_reach_a_running_build(workspace: Workspace) -> None:
-    recipe = workspace.recipe("victim", f"""\
-        [source]
-        url = "{shell_recipe(workspace, 'unused', 'true') and workspace.root / 'empty.tar'}"
-        sha256 = "{__import__('hashlib').sha256((workspace.root / 'empty.tar').read_bytes()).hexdigest()}"
-        [build]
-        secret-env = ["BB_TEST_TOKEN"]
-        script = '''
-        echo honest > "$OUT/tool"
-        sleep 6.4321
-        '''
-        """)
+    recipe = shell_recipe(workspace, "victim", 'echo honest > "$OUT/tool"\nsleep 6.4321')
+    recipe.write_text(recipe.read_text().replace("[build]\n", '[build]\nsecret-env = ["BB_TEST_TOKEN"]\n'))
     env = dict(os.environ, PYTHONPATH=str(REPO), BB_TEST_TOKEN="s3cret-token-value")
     run = subprocess.Popen([sys.executable, "-m", "buildbox", "run", "--cache", str(workspace.cache), str(recipe)],
                            cwd=workspace.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -223,9 +218,7 @@ def test_box_root_writes_nothing_into_the_shared_deb_cache(workspace: Workspace)
     from buildbox.store import Store
     store = Store(workspace.cache)
     debs = workspace.cache / "debs"
-    base = next(p for p in sorted((workspace.cache / "bases").iterdir()) if (p / "root").is_dir())
-    layers = [base / "root", *sorted(p / "root" for p in (workspace.cache / "bootstraps").iterdir()
-                                     if (p / "root").is_dir())[:1]]
+    layers = base_layers(workspace.cache)
     # What a maintainer script or an apt hook does as root in a package box: a setuid copy of a
     # shell, the cache opened to everyone, a forged .deb under a name apt would use.
     attack = ("cp /bin/sh /var/cache/apt/archives/.x && chmod 4755 /var/cache/apt/archives/.x; "
