@@ -4,23 +4,21 @@ cron job), `doit list` shows the tasks. The cache is $BUILDBOX_CACHE or ./cache,
 import sys
 from pathlib import Path
 
-from buildbox import log
-from buildbox.errors import BuildboxError
+from buildbox.cli import exit_status
 from buildbox.lock import load_recipe
 from buildbox.recipe import find_recipes
 from buildbox.store import Store, default_cache
-from buildbox.tasks import Planner
+from buildbox.tasks import Graph
 
 _HERE = Path(__file__).resolve().parent
 
 try:
     _recipes = [load_recipe(path) for path in find_recipes(_HERE / "recipes")]
-    _planner = Planner(Store(default_cache(_HERE / "cache")), _recipes, _HERE / "out", report_failures=True)
+    _graph = Graph(Store(default_cache(_HERE / "cache")), _recipes, _HERE / "out", report_failures=True)
     # Held while doit runs (released when it exits): `buildbox gc` never removes what these tasks use.
-    _in_use = _planner.store.in_use()
+    _in_use = _graph.store.in_use()
     _in_use.__enter__()
-except BuildboxError as err:   # the exit statuses of the buildbox command
-    log.error(err)
-    sys.exit(err.exit_code)
-_planner.reap()
-globals().update(_planner.namespace())
+    _graph.reap()
+except Exception as err:   # the exit statuses of the buildbox command, from its one map
+    sys.exit(exit_status(err, _HERE / "cache"))
+globals().update(_graph.namespace())

@@ -31,7 +31,7 @@ from buildbox.build import check_in_box, verify_on_host  # noqa: E402
 from buildbox.lock import load_recipe  # noqa: E402
 from buildbox.constants import EPOCH  # noqa: E402
 from buildbox.store import Store, tree_size  # noqa: E402
-from buildbox.tasks import Planner  # noqa: E402
+from buildbox.tasks import Graph as Planner  # noqa: E402
 
 WORK = Path(os.environ.get("BUILDBOX_BENCH_DIR", "/var/tmp/buildbox-bench"))
 ROWS: list[dict] = []
@@ -98,7 +98,7 @@ def shell_recipe(ws: Path, name: str, script: str, extra: str = "") -> Path:
 
 
 def bench_clone(store: Store, planner: Planner, recipe) -> None:
-    layers = planner.base_layers(recipe)
+    layers = planner.stack(recipe, "base")
     # The whole root, as pbuilder's tarball or a cp -a would hold it: the base over its bootstrap.
     whole = WORK / "whole-base"
     shutil.rmtree(whole, ignore_errors=True)
@@ -190,7 +190,8 @@ def bench_rebuild_and_layers(ws: Path, cache: Path) -> None:
     store = Store(cache)
     loaded = load_recipe(recipe)
     planner = Planner(store, [loaded], ws / "out")
-    layers = [store.entry("sources", planner.source_key(loaded)), *planner.lower_layers(loaded)]
+    planner.resolve_ref(loaded)   # the ref's commit now: the source entry the last run made
+    layers = planner.stack(loaded, "source")
 
     def compile_in_prepared_box() -> None:
         with Box(store, layers, label="bench") as box:
@@ -215,7 +216,7 @@ def bench_rebuild_and_layers(ws: Path, cache: Path) -> None:
         from buildbox.packages import make_layer
         entry = Path(tempfile.mkdtemp(dir=cache))
         try:
-            make_layer(store, planner.base_layers(loaded), ("git", "golang-go"), (), entry, WORK / "apt.log")
+            make_layer(store, planner.stack(loaded, "base"), ("git", "golang-go"), (), entry, WORK / "apt.log")
         finally:
             shutil.rmtree(entry)
 
@@ -231,10 +232,11 @@ def bench_cold_base(recipe) -> None:
     cache = WORK / "cold"
 
     def ours() -> None:
-        planner = Planner(Store(cache), [recipe], WORK / "out")
-        for s in recipe.base.sets:
-            planner.make_set(s)
-        planner.make_base(recipe)
+        graph = Planner(Store(cache), [recipe], WORK / "out")
+        stages = graph.stages(recipe)
+        for index, spec in enumerate(recipe.base.sets):
+            graph.make_set(spec, stages[f"set{index + 1}"], None, spec.where, recipe)
+        graph.make_base(recipe)
 
     def raw() -> None:
         # The cheaper of mmdebstrap's outputs: a directory (no tarball written).
@@ -276,7 +278,7 @@ def bench_verify(store: Store, planner: Planner, recipe) -> None:
         with open(files / "big", "ab") as f:
             f.write(b"\0" * (40 << 20))
     elf_time = median_time(lambda: verify_on_host(recipe, files), 5)
-    layers = planner.lower_layers(recipe)
+    layers = planner.stack(recipe, "layer")
     with Box(store, layers, label="bench") as box:
         inside = box.path("/build/out/big")
         shutil.copy(files / "big", inside)

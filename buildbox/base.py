@@ -7,14 +7,32 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from buildbox import log
 from buildbox.constants import BUILD_DIR, BUILDER, OUT, BuildUser
+from buildbox.context import Context
 from buildbox.inroot import Root
+from buildbox.store import write_meta
 
 if TYPE_CHECKING:
-    from buildbox.recipe import UnpackLimits
+    from buildbox.recipe import Base, UnpackLimits
 
 
 HOSTS = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\tbuildbox\n"
+
+
+def make(ctx: Context, base: Base, under: list[Path], sets: list[tuple[str, Path]], digests: list[str],
+         entry: Path) -> None:
+    """The base stage: entry/root, an overlay layer over the bootstrap trees `under` (nothing of
+    them copied), holding the sets after them and buildbox's own /etc, /dev and build user."""
+    from buildbox.box import Box
+    with log.step(f"Making the base {base.name} from {len(digests)} set(s)"):
+        if under:
+            # Host code fills this overlay and nothing runs in it: no ids of its own.
+            with Box(ctx.store, under, label="base", upper=entry / "root", ids=False) as box:
+                make_base(box.root, sets, base.unpack)
+        else:
+            make_base(entry / "root", sets, base.unpack)
+    write_meta(entry, {"base": base.name, "sets": digests})
 
 
 def make_base(root: Path, sets: list[tuple[str, Path]], limits: UnpackLimits, user: BuildUser = BUILDER) -> None:

@@ -28,11 +28,16 @@ from buildbox.errors import BuildFailed, InputError
 from buildbox.inroot import Root
 from buildbox.log import debug
 from buildbox.process import run
+from buildbox.sandbox import (Bind, Cgroups, Command, Devices, DiskImage, DropCapabilities, Hostname, HostView,
+                              IdMap, LayerImage, Namespaces, NetnsFile, Network, NoNewPrivs, Op, Overlay, Plan,
+                              PivotRoot, Proc, Rlimits, Seccomp, SharedOverlay, User)
+from buildbox.records import FailedBox
 from buildbox.store import Ids, Store, mounts_under, remove_tree
 
 # The device nodes a build needs and nothing else (no disks, no consoles, no host ttys): bound
 # from the host into the tmpfs /dev each box gets of its own.
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+PLAN = "plan.txt"   # beside a failed box's failed.json: the plan of its last command
 
 ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MAX_SYMLINKS = 40
@@ -90,11 +95,15 @@ class Box:
 
     def __init__(self, store: Store, layers: Sequence[Path], *, label: str,
                  upper: Path | None = None, keep: bool = False, log: Path | None = None,
-                 save_failed: Path | None = None, disk: int | None = None, ids: bool = True) -> None:
+                 save_failed: Path | None = None, disk: int | None = None, ids: bool = True,
+                 rerun: str | None = None) -> None:
         self.store = store
         self.ids: Ids | None = store.ids() if ids else None
         self.disk = disk   # bytes the box may write: its upper layer on an ext4 image of that size
         self.save_failed = save_failed   # where the box's changes go if its block fails
+        # What a user types to get this box back once it failed (`buildbox shell --failed RECIPE`),
+        # to run its failed command again: the hint of a failed command says so.
+        self.rerun = rerun
         self._failed = False
         self.log = log
         self.layers = list(layers)
@@ -105,6 +114,13 @@ class Box:
         self.upper = upper or self.dir / "upper"
         self.root = self.dir / "root"
         self._stack = contextlib.ExitStack()
+        self._done: list[Op] = []   # the host-side operations, as they are done
+        self.last_plan: Plan | None = None   # the plan of the last command run, kept if the box fails
+
+    @property
+    def plan(self) -> Plan:
+        """What the box is made of so far: its host-side operations (Box.run adds each command's half)."""
+        return Plan(tuple(self._done))
 
     def __enter__(self) -> Box:
         for path in (*self.layers, self.dir):
@@ -141,9 +157,9 @@ class Box:
                        f"workdir={os.path.relpath(work, self.dir)}")
             # nosuid,nodev: a setuid file or a device node written into the box grants nothing.
             if self.ids:
-                idmap.mount_overlay(self.root, options, cwd=self.dir, ids=self.ids)
-                if not self.keep:
+                if not self.keep:   # pushed first: an overlay that half came up goes too
                     self._stack.callback(_unmount, self.root)
+                idmap.mount_overlay(self.root, options, cwd=self.dir, ids=self.ids)
                 # overlayfs holds private clones of its layers' mounts: the idmapped mount points
                 # go now, and the box is one mount again (with its disk), as `--keep` says.
                 for place in (*lowers, both):
@@ -152,6 +168,7 @@ class Box:
             else:
                 self._mount(["-t", "overlay", "overlay", "-o", f"nosuid,nodev,{options}"], self.root,
                             undo=not self.keep, cwd=self.dir)
+            self._done.append(Overlay(self.root, tuple(self.layers), self.upper, idmapped=bool(self.ids)))
         except BaseException:
             self._stack.close()
             raise
@@ -162,8 +179,8 @@ class Box:
         assert self.ids
         place = self.dir / name
         place.mkdir()
-        idmap.mount_idmapped(source, place, self.ids, readonly=readonly)
         self._stack.callback(_unmount, place)   # if the overlay never comes up
+        idmap.mount_idmapped(source, place, self.ids, readonly=readonly)
         return place
 
     def as_root(self, work: Callable[[Path], T]) -> T:
@@ -192,6 +209,7 @@ class Box:
             what="making the box's disk", capture=True)
         disk.mkdir()
         self._mount(["-o", "loop,nosuid,nodev", str(image)], disk, undo=not self.keep)
+        self._done.append(DiskImage(image, size, disk))
         self.upper = disk / "upper"
         return disk / "work"
 
@@ -200,6 +218,7 @@ class Box:
         place = self.dir / f"image{index}"
         place.mkdir()
         self._mount(["-o", "loop,ro,nosuid,nodev", str(image)], place, undo=not self.keep)
+        self._done.append(LayerImage(image, place))
         return place / "upper"
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
@@ -227,12 +246,13 @@ class Box:
             with open(self.log, "a") as f:
                 f.write(f"buildbox: {line}\n")
         if self.ids:   # its owners as the box sees them: the cache's box ids, host root as box root
-            idmap.mount_idmapped(host, target, self.ids, readonly=readonly)
             self._stack.callback(_unmount, target)
-            return
-        self._mount(["--bind", str(host)], target)
-        if readonly:
-            run(["mount", "-o", "remount,bind,ro,nosuid,nodev", target], what=f"read-only remount of {box_path}")
+            idmap.mount_idmapped(host, target, self.ids, readonly=readonly)
+        else:
+            self._mount(["--bind", str(host)], target)
+            if readonly:
+                run(["mount", "-o", "remount,bind,ro,nosuid,nodev", target], what=f"read-only remount of {box_path}")
+        self._done.append(Bind(host, box_path, readonly=readonly, idmapped=bool(self.ids)))
 
     def overlay(self, shared: Path, box_path: str) -> Path:
         """Make a shared cache directory (the .deb cache) writable in the box without the box
@@ -254,12 +274,13 @@ class Box:
         os.chmod(place / "upper", 0o755)
         lower = self._idmapped(shared, f"o{index}l", readonly=True)
         both = self._idmapped(place, f"o{index}u", readonly=False)
+        self._stack.callback(_unmount, target)
         idmap.mount_overlay(target, f"lowerdir={lower.name},upperdir={both.name}/upper,workdir={both.name}/work",
                             cwd=self.dir, ids=self.ids)
-        self._stack.callback(_unmount, target)
         for helper in (lower, both):
             _unmount(helper)
             helper.rmdir()
+        self._done.append(SharedOverlay(shared, box_path, place / "upper"))
         return place / "upper"
 
     def _target(self, box_path: str, *, dir: bool) -> Path:
@@ -287,9 +308,9 @@ class Box:
                 return False
 
     def _mount(self, args: list[str], target: Path, *, undo: bool = True, cwd: Path | None = None) -> None:
-        run(["mount", *args, target], what=f"mount {target}", cwd=cwd)
-        if undo:
+        if undo:   # before the mount: a mount(8) killed halfway may still have mounted
             self._stack.callback(_unmount, target)
+        run(["mount", *args, target], what=f"mount {target}", cwd=cwd)
 
     def run(self, argv: Sequence[str], *, what: str, user: str | None = None,
             env: Mapping[str, str] | None = None, cwd: str = "/", log: Path | None = None,
@@ -306,14 +327,21 @@ class Box:
         127.0.0.1:PORT reaches on the host's loopback)."""
         assert self.ids, "nothing runs in a box without ids of its own"
         netns = self._outbound_netns(host_ports) if outbound else None
-        plan = {"root": str(self.root), "cwd": cwd, "argv": list(argv), "env": dict(env or {"PATH": ROOT_PATH}),
-                "user": [int(n) for n in user.split(":")] if user else None, "network": network,
-                "hostname": HOSTNAME, "devices": list(DEVICES), "limits": dict(limits or {}), "cgroups": list(cgroups),
-                "ids": self.ids.map_line(), "netns": str(netns) if netns else None}
-        debug(f"box {self.label}: uid and gid map {self.ids.map_line().strip()} (box id, host id, count); "
-                  f"pivot_root into {self.root}")
+        net = Network("pasta", netns, tuple(host_ports)) if netns else Network("host" if network else "none")
+        command = Command(tuple(argv), cwd, dict(env or {"PATH": ROOT_PATH}))
+        plan = self.plan + [
+            *([Cgroups(tuple(cgroups))] if cgroups else []), net,
+            Namespaces((*NAMESPACES, *(["net"] if net.mode == "none" else []))),
+            IdMap(self.ids.host, self.ids.count), Proc(), Devices(DEVICES), Hostname(HOSTNAME),
+            PivotRoot(self.root), Rlimits(dict(limits or {})), *_drop_to(user, self.root), command]
+        self.last_plan = plan
+        _show(plan, f"box {self.label}")
+        rerun = None
+        if self.rerun and self.save_failed and not self.keep:   # the box is kept if this fails
+            rerun = (f"`{self.rerun}`, then, in {cwd}, `{command.shown()}` (the box's plan: "
+                     f"{self.save_failed / PLAN})")
         return _enter(plan, self.dir, what=what, log=log, stream=stream, capture=capture, timeout=timeout,
-                      silence=silence, interactive=interactive, log_limit=log_limit)
+                      silence=silence, interactive=interactive, log_limit=log_limit, rerun=rerun)
 
     def _outbound_netns(self, host_ports: Sequence[int] = ()) -> Path:
         """A network namespace of the box's own (bound to a file in the box's folder, so that it
@@ -325,14 +353,15 @@ class Box:
             raise InputError("network = true needs pasta", hint="apt-get install passt")
         netns.touch()
         self._stack.callback(netns.unlink, missing_ok=True)
-        run(["unshare", f"--net={netns}", "true"], what="making the build's network namespace")
         self._stack.callback(_unmount, netns)
+        run(["unshare", f"--net={netns}", "true"], what="making the build's network namespace")
         # -T/-U none: no port of the box's reaches the host's loopback (-T PORTS: only those, TCP);
         # --no-map-gw: the gateway address is not the host. --runas 0: Debian 12's pasta would
         # drop to nobody and fail.
         tcp = ",".join(str(int(port)) for port in host_ports) or "none"
         run(["pasta", "--runas", "0", "-T", tcp, "-U", "none", "--no-map-gw", "--config-net", "--quiet",
              "--netns", netns, "--netns-only"], what="pasta for the build's network", capture=True)
+        self._done.append(NetnsFile(netns, tuple(int(port) for port in host_ports)))
         return netns
 
     def _remove(self) -> None:
@@ -365,8 +394,11 @@ class Box:
             else:
                 os.rename(self.upper, dest / "upper")
                 top = dest / "upper"
-            (dest / "failed.json").write_text(json.dumps({"top": str(top), "layers": [str(p) for p in self.layers],
-                                                          "when": time.time()}, indent=2) + "\n")
+            FailedBox(top, tuple(self.layers), time.time()).write(dest)
+            # What the box was made of and what it last ran (environment names, no values), and
+            # how to get it back: where a user starts to see why it failed.
+            rerun = [f"# to get this box back: {self.rerun}\n"] if self.rerun else []
+            (dest / PLAN).write_text("".join([*rerun, (self.last_plan or self.plan).text(self.label)]))
 
 
 def run_on_host(store: Store, argv: Sequence[str], *, writable: Path, at: str, uid: int, env: Mapping[str, str],
@@ -378,9 +410,12 @@ def run_on_host(store: Store, argv: Sequence[str], *, writable: Path, at: str, u
     as uid with no capabilities, no_new_privs and the seccomp filter, in the cgroups given and
     with limits, in mount, PID, network, IPC and UTS namespaces of its own: whatever it starts,
     daemons included, dies when it ends, and it reaches no network."""
-    plan = {"root": "/", "cwd": at, "argv": list(argv), "env": dict(env), "user": [uid, uid], "network": False,
-            "hostname": HOSTNAME, "devices": list(DEVICES), "limits": dict(limits or {}), "cgroups": list(cgroups),
-            "host_view": {"writable": str(writable), "at": at}}
+    plan = Plan((*([Cgroups(tuple(cgroups))] if cgroups else []), Network("none"),
+                 Namespaces(("mount", "uts", "ipc", "pid", "net"), by="unshare(1)"), HostView(writable, at),
+                 Proc(), Devices(DEVICES, ptys=False), Hostname(HOSTNAME), Rlimits(dict(limits or {})),
+                 User(uid, uid, (uid,)), DropCapabilities(), NoNewPrivs(), Seccomp(),
+                 Command(tuple(argv), at, dict(env))))
+    _show(plan, "host view")
     return _enter(plan, store.dir("boxes"), what=what, log=log, stream=stream, timeout=timeout,
                   timeout_key="[verify] timeout")
 
@@ -393,33 +428,69 @@ def run_helper(store: Store, argv: Sequence[str], *, tree: Path, at: str, env: M
     through the cache's id mapping (enter.py mounts it so, in a mount namespace that dies with the
     helper), so that what it makes holds box ids on disk."""
     ids = store.ids()
-    plan = {"root": "/", "cwd": "/", "argv": list(argv), "env": dict(env), "user": None, "network": True,
-            "hostname": HOSTNAME, "devices": list(DEVICES), "limits": {}, "cgroups": [],
-            "host_view": {"writable": str(tree), "at": at}, "ids": ids.map_line()}
-    debug(f"helper: uid and gid map {ids.map_line().strip()}; {tree} bound at {at}")
+    plan = Plan((Network("host"), Namespaces(("user", "mount", "uts", "ipc", "pid")), IdMap(ids.host, ids.count),
+                 HostView(tree, at, idmapped=True), Proc(), Devices(DEVICES, ptys=False), Hostname(HOSTNAME),
+                 Command(tuple(argv), "/", dict(env))))
+    _show(plan, "helper")
     return _enter(plan, store.dir("boxes"), what=what, log=log)
 
 
-def _enter(plan: dict, private: Path, *, what: str, log: Path | None = None, stream: bool = False,
+def _show(plan: Plan, label: str) -> None:
+    """--debug: the plan, one line per operation, before its command runs."""
+    if log.debugging:
+        for line in plan.describe():
+            debug(f"{label}: {line}")
+
+
+def _drop_to(user: str | None, root: Path) -> list[Op]:
+    """The operations that make a command run as user "UID:GID" with no way back to root; none for box root."""
+    if not user:
+        return []
+    uid, gid = (int(n) for n in user.split(":"))
+    return [User(uid, gid, (gid,), _user_name(root, uid)), DropCapabilities(), NoNewPrivs(), Seccomp()]
+
+
+def _user_name(root: Path, uid: int) -> str | None:
+    """uid's name in the box's /etc/passwd (read inside the box's root, a bounded amount), for the plan."""
+    try:
+        with Root(root) as tree:
+            fd = tree.open("/etc/passwd", os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+            with os.fdopen(fd, "rb") as f:
+                text = f.read(1 << 20).decode(errors="replace") if stat.S_ISREG(os.fstat(fd).st_mode) else ""
+    except OSError:
+        return None
+    for line in text.splitlines():
+        fields = line.split(":")
+        if len(fields) > 2 and fields[2] == str(uid):
+            return log.escaped(fields[0])
+    return None
+
+
+def _enter(plan: Plan, private: Path, *, what: str, log: Path | None = None, stream: bool = False,
            capture: bool = False, timeout: float | None = None, silence: float | None = None,
-           interactive: bool = False, log_limit: int | None = None, timeout_key: str = "[limits] timeout") -> str:
-    """Run enter.py with plan: a box's plan (with "ids") makes its namespaces itself (NAMESPACES,
-    and a network namespace of its own unless the plan has the network or names one); a host
-    view's runs as the first process of fresh mount, UTS, IPC, PID and network namespaces."""
+           interactive: bool = False, log_limit: int | None = None, timeout_key: str = "[limits] timeout",
+           rerun: str | None = None) -> str:
+    """Run enter.py with the in-namespace half of plan: a box's plan (with an IdMap) makes its
+    namespaces itself (NAMESPACES, and a network namespace of its own unless the plan has the
+    network or names one); a host view's runs as the first process of fresh mount, UTS, IPC, PID
+    and network namespaces. A failure's hint is rerun (what a user types to run it again), never
+    this command line: it names a plan file gone by then."""
+    doc = plan.to_enter()
     # The plan (the environment, secrets included, and the command) goes through a file only
     # root can read (in `private`), which enter.py removes once read: a command line is every
     # host user's to see.
     plan_file = private / f"plan-{uuid.uuid4().hex[:12]}.json"
     fd = os.open(plan_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump(plan, f)
-    unshare = [] if plan.get("ids") else ["unshare", "--mount", "--uts", "--ipc", "--pid", "--net", "--fork",
-                                          "--kill-child", "--propagation", "private", "--"]
+        json.dump(doc, f)
+    unshare = [] if doc.get("ids") else ["unshare", "--mount", "--uts", "--ipc", "--pid", "--net", "--fork",
+                                         "--kill-child", "--propagation", "private", "--"]
     command = ["setpriv", "--pdeathsig", "KILL",   # the box dies with buildbox, even by SIGKILL
                *unshare, sys.executable, "-I", str(ENTER), str(plan_file)]
     try:
         return run(command, what=what, log=log, stream=stream, capture=capture, timeout=timeout,
-                   silence=silence, interactive=interactive, log_limit=log_limit, timeout_key=timeout_key)
+                   silence=silence, interactive=interactive, log_limit=log_limit, timeout_key=timeout_key,
+                   rerun=rerun, show_command=False)
     finally:
         plan_file.unlink(missing_ok=True)
 

@@ -4,7 +4,6 @@ artifacts copied out of the box (resolved inside it) into the cache and on to ou
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import tempfile
 import time
@@ -14,13 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from buildbox import __version__, log, process
 from buildbox.base import renumber_user
-from buildbox.constants import BUILDER, EPOCH, FETCH, OUT, SRC, BuildUser
+from buildbox.constants import BUILDER, EPOCH, FETCH, FETCH_ENV, OFFLINE_ENV, OUT, SRC, BuildUser
 from buildbox.box import NAMESPACES, Box, resolve_in_root, run_on_host
 from buildbox.cgroup import Cgroup
 from buildbox.errors import BuildFailed, InputError
-from buildbox.out import MANIFEST
+from buildbox.context import Context
+from buildbox.records import MANIFEST, Manifest
 from buildbox.recipe import Limits, Recipe
-from buildbox.store import Store, copy_sparse, file_sha256, remove_tree, write_atomically
+from buildbox.store import Store, copy_sparse, file_sha256, remove_tree
 
 if TYPE_CHECKING:
     from buildbox.elf import ElfInfo
@@ -47,15 +47,12 @@ def build_env(recipe: Recipe, user: BuildUser = BUILDER) -> dict[str, str]:
 
 def fetch_env() -> dict[str, str]:
     """Where the common tools keep what they download, all under $FETCH (the fetch and the build)."""
-    return {"FETCH": FETCH, "GOPATH": f"{FETCH}/go", "GOMODCACHE": f"{FETCH}/go/mod", "CARGO_HOME": f"{FETCH}/cargo",
-            "npm_config_cache": f"{FETCH}/npm", "PIP_CACHE_DIR": f"{FETCH}/pip", "YARN_CACHE_FOLDER": f"{FETCH}/yarn"}
+    return dict(FETCH_ENV)
 
 
 def offline_env(env: dict[str, str]) -> dict[str, str]:
-    """What makes the tools use only what was fetched (the build has no network anyway: these turn
-    a download attempt into a clear error instead of a timeout)."""
-    return {"GOPROXY": "off", "GOFLAGS": " ".join(filter(None, [env.get("GOFLAGS"), "-mod=mod"])),
-            "CARGO_NET_OFFLINE": "true", "npm_config_offline": "true", "PIP_NO_INDEX": "1"}
+    """What makes the tools use only what was fetched, and the recipe's GOFLAGS with -mod=mod."""
+    return {**OFFLINE_ENV, "GOFLAGS": " ".join(filter(None, [env.get("GOFLAGS"), "-mod=mod"]))}
 
 
 def secrets(recipe: Recipe) -> dict[str, str]:
@@ -69,6 +66,15 @@ def secrets(recipe: Recipe) -> dict[str, str]:
     values = {name: os.environ[name] for name in recipe.secret_env}
     process.mask(values.values())
     return values
+
+
+def make(ctx: Context, recipe: Recipe, layers: list[Path], entry: Path, inputs: dict[str, Any], why: str = "",
+         *, fetched: Path | None = None) -> None:
+    """The build stage: the recipe's script over layers (its fetched tree at $FETCH), its
+    artifacts and manifest in entry/."""
+    with log.step(f"Building {recipe.name}"):
+        make_build(ctx.store, recipe, layers, entry, inputs, ctx.logfile(recipe.name, "build", why),
+                   stream=ctx.stream, keep=ctx.keep, fetched=fetched)
 
 
 def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, inputs: dict[str, Any],
@@ -86,7 +92,8 @@ def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, in
     with open(logfile, "a") as f:
         f.write(f"buildbox: {network}\n")
     with Box(store, layers, label=f"build-{recipe.name}", keep=keep, log=logfile,
-             save_failed=failed_box(store, recipe.name), disk=recipe.limits.disk) as box:
+             save_failed=failed_box(store, recipe.name), disk=recipe.limits.disk,
+             rerun=f"buildbox shell --failed {recipe.path}") as box:
         if recipe.network:
             box.bind(Path("/etc/resolv.conf").resolve(), "/etc/resolv.conf")
         if fetched:
@@ -156,7 +163,7 @@ def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, in
                             **facts.get(rel, {})}
                       for rel in sorted(artifacts)},
     }
-    write_atomically(entry / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    Manifest.write(entry, manifest)
 
 
 def failed_box(store: Store, name: str) -> Path:

@@ -40,3 +40,13 @@ class BuildUser:
 
 
 BUILDER = BuildUser("builder", 1000, 1000)
+
+# The one list of what buildbox sets for a recipe with [fetch] (README, "Recipes from upstream"):
+# where the common tools keep what they download, all under $FETCH (the fetch and the build) ...
+FETCH_ENV = {"FETCH": FETCH, "GOPATH": f"{FETCH}/go", "GOMODCACHE": f"{FETCH}/go/mod",
+             "CARGO_HOME": f"{FETCH}/cargo", "npm_config_cache": f"{FETCH}/npm", "PIP_CACHE_DIR": f"{FETCH}/pip",
+             "YARN_CACHE_FOLDER": f"{FETCH}/yarn"}
+# ... and, for the build, what makes them use only what was fetched (the build has no network
+# anyway: these turn a download attempt into a clear error instead of a timeout). GOFLAGS is not
+# here: a recipe's is kept, with -mod=mod appended.
+OFFLINE_ENV = {"GOPROXY": "off", "CARGO_NET_OFFLINE": "true", "npm_config_offline": "true", "PIP_NO_INDEX": "1"}

@@ -12,8 +12,9 @@ A host view (verify's commands on the host) is run as the first process of names
 unshare(1) made, and keeps the host's root, read-only.
 
 Run by path with the host's python3 (it imports nothing of buildbox; libseccomp through
-pyseccomp), with the path of its plan: a JSON file only root can read, removed once read. Order
-of the privilege drop as in OpenBSD's chroot(8): chroot, chdir, setgroups, setgid, setuid; then
+pyseccomp), with the path of its plan: a JSON file only root can read, removed once read, made
+by buildbox/sandbox.py (Plan.to_enter) from the same plan `--debug` prints. Order of the
+privilege drop as in OpenBSD's chroot(8): chroot, chdir, setgroups, setgid, setuid; then
 no_new_privs, so setuid binaries in the box grant nothing.
 """
 
@@ -136,25 +137,19 @@ def make_dev(root, devices, ptys=True):
               "newinstance,ptmxmode=0666,mode=620")
 
 
-# What running a host binary needs of the host, bound read-only into a verify command's view;
-# the rest of its / is empty (no /run, /var, /home, /root: no host unix socket, no host data).
-HOST_VIEW = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc")
-EMPTY = ("run", "var", "home", "root", "proc", "dev", "tmp")
-
-
 def host_view(view, devices):
     """A view of the host for running what the build made with the host's own libraries: a
-    tmpfs /, read-only, holding HOST_VIEW bound read-only (links such as merged-usr's /bin kept
-    as links), EMPTY directories, a /tmp of its own with one directory writable (bound at
-    view["at"]), a /proc of this PID namespace and a /dev of the given nodes (no ptys); entered
-    by pivot_root, the host's root detached."""
+    tmpfs /, read-only, holding the host's view["dirs"] bound read-only (links such as
+    merged-usr's /bin kept as links; sandbox.HOST_VIEW), view["empty"] directories, a /tmp of its
+    own with one directory writable (bound at view["at"]), a /proc of this PID namespace and a
+    /dev of the given nodes (no ptys); entered by pivot_root, the host's root detached."""
     # Opened before /tmp is covered (for a helper in the box's ids, from where it starts: the
     # cache's folders on the way are closed to box root).
     keep = view.get("fd") or os.open(view["writable"], os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     mount("none", "/", None, MS_REC | MS_PRIVATE)
     mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=1m")
     root = "/tmp"
-    for name in HOST_VIEW:
+    for name in view["dirs"]:
         host = "/" + name
         place = os.path.join(root, name)
         if os.path.islink(host):
@@ -164,7 +159,7 @@ def host_view(view, devices):
             mount(host, place, None, MS_BIND | MS_REC)
             set_attr(place, MountAttr(MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0, 0, 0),
                      recursive=True)
-    for name in EMPTY:
+    for name in view["empty"]:
         os.mkdir(os.path.join(root, name), 0o755)
     mount("tmpfs", os.path.join(root, "tmp"), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=1g")
     at = os.path.join(root, view["at"].lstrip("/"))
@@ -192,18 +187,22 @@ def loopback_up():
         fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP | IFF_RUNNING))
 
 
-def drop_to(uid, gid, seccomp):
-    """Become the build user with no capabilities, and no way to get any back."""
-    last_cap = int(open("/proc/sys/kernel/cap_last_cap").read())
-    for cap in range(last_cap + 1):
-        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() != errno.EINVAL:
-            fail(f"dropping capability {cap}: {os.strerror(ctypes.get_errno())}")
-    os.setgroups([gid])
+def drop_to(plan, seccomp):
+    """Become the plan's user with no capabilities, and no way to get any back (the plan's
+    drop_capabilities, no_new_privs and seccomp, which buildbox gives every command run as a user)."""
+    uid, gid = plan["user"]
+    if plan["drop_capabilities"]:
+        last_cap = int(open("/proc/sys/kernel/cap_last_cap").read())
+        for cap in range(last_cap + 1):
+            if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() != errno.EINVAL:
+                fail(f"dropping capability {cap}: {os.strerror(ctypes.get_errno())}")
+    os.setgroups(plan["groups"])
     os.setgid(gid)
     os.setuid(uid)
-    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+    if plan["no_new_privs"] and libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         fail("no_new_privs: " + os.strerror(ctypes.get_errno()))
-    seccomp_filter(seccomp)
+    if seccomp:
+        seccomp_filter(seccomp)
 
 
 def child(plan, seccomp):
@@ -216,7 +215,7 @@ def child(plan, seccomp):
         resource.setrlimit(LIMITS[name], (value, value + 1 if name == "cpu" else value))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if plan["user"]:
-        drop_to(*plan["user"], seccomp)
+        drop_to(plan, seccomp)
     os.umask(0o022)
     try:
         os.chdir(plan["cwd"])
@@ -394,7 +393,7 @@ def main():
                 f.write(str(os.getpid()))
         except OSError as err:
             fail(f"joining the cgroup {os.path.dirname(procs)}: {err.strerror}")
-    seccomp = load_seccomp() if plan["user"] else None
+    seccomp = load_seccomp() if plan["seccomp"] else None
     if plan.get("ids"):
         enter_box(plan, seccomp)
     host_view(plan["host_view"], plan["devices"])

@@ -70,3 +70,29 @@ def mount_point(path: str | os.PathLike[str]) -> str:
     while here != "/" and not os.path.ismount(here):
         here = os.path.dirname(here)
     return here
+
+
+class InternalError(BuildboxError):
+    """A bug in buildbox: an exception none of its checks expected. Said on one line, exit 70
+    (EX_SOFTWARE), never as a failed build (1) or bad input (2)."""
+
+    exit_code = 70
+
+    def __init__(self, err: BaseException) -> None:
+        what = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+        super().__init__(f"internal error: {' '.join(what.split())}",
+                         hint="rerun with --debug for the traceback, and report it")
+        self.original = err
+
+
+def failure_of(err: BaseException, place: str | os.PathLike[str] | None = None) -> BuildboxError:
+    """The one map from what went wrong to what the user is told, with its exit status: buildbox's
+    own errors as they are, the operating system's in words (os_failure), Ctrl-C as Interrupted,
+    anything else an internal error."""
+    if isinstance(err, BuildboxError):
+        return err
+    if isinstance(err, KeyboardInterrupt):
+        return Interrupted("interrupted")
+    if isinstance(err, OSError):
+        return os_failure(err, place)
+    return InternalError(err)

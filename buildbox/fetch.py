@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import uuid
 from pathlib import Path
@@ -18,11 +19,12 @@ from buildbox import log
 from buildbox.box import Box
 from buildbox.build import fetch_env, name_the_limit, whole_box_limits
 from buildbox.constants import BUILD_DIR, BUILDER, EPOCH, FETCH, SRC
+from buildbox.context import Context
 from buildbox.errors import BuildFailed
 from buildbox.inroot import set_attributes
 from buildbox.process import run
 from buildbox.recipe import Recipe
-from buildbox.store import Store, stat_sha256, tree_sha256
+from buildbox.store import Store, stat_sha256, tree_sha256, write_meta
 
 SCRIPT = "/buildbox/fetch.sh"
 LISTING = "listing.json"   # beside a fetched tree: each path's type, mode and digest, for diffs
@@ -31,6 +33,30 @@ MAX_DEPTH = 256   # directories in directories a fetched tree may nest (a descri
 # A directory or file of the tree, opened to be normalised through its descriptor: never through a link.
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def make(ctx: Context, recipe: Recipe, layers: list[Path], entry: Path, *, pinned: str | None = None,
+         by: str = "", why: str = "") -> str:
+    """The fetch stage: the recipe's fetch run over layers, its tree left at entry/tree with its
+    listing beside; a pinned fetch must give the pinned digest (nothing is kept if not). Returns
+    the tree's digest."""
+    logfile = ctx.logfile(recipe.name, "fetch", why)
+    with log.step(f"Fetching what {recipe.name}'s build needs ([fetch], with the network)"):
+        got = run_fetch(ctx.store, recipe, layers, entry / "tree", logfile, stream=ctx.stream)
+    if pinned and got != pinned:
+        raise mismatch(recipe, got, pinned, by, entry / "tree", last_listing(ctx.store, recipe))
+    save_listing(entry / LISTING, entry / "tree")
+    write_meta(entry, {"sha256": got})
+    return got
+
+
+def last_listing(store: Store, recipe: Recipe) -> Path:
+    """The listing of the tree the recipe fetched last (beside, not in, the recipes' run records)."""
+    return store.dir("recipes") / f"{recipe.name}.fetch-listing"
+
+
+def keep_listing(store: Store, recipe: Recipe, digest: str) -> None:
+    shutil.copyfile(store.entry("fetches", digest) / LISTING, last_listing(store, recipe))
 
 
 def run_fetch(store: Store, recipe: Recipe, layers: list[Path], dest: Path, logfile: Path,

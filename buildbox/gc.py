@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from buildbox.box import reap_dead_boxes
+from buildbox.records import FAILED, MANIFEST, FailedBox, Manifest
 from buildbox.store import KINDS, Store, remove_tree, tree_size
 
 
@@ -32,15 +32,17 @@ def entries(store: Store) -> list[Entry]:
 
 def referenced(store: Store) -> set[Path]:
     """The newest build of each recipe, and every entry it stands on."""
-    newest: dict[str, tuple[float, dict]] = {}
-    for manifest in (store.root / "builds").glob("*/manifest.json"):
-        data = json.loads(manifest.read_text())
-        used = manifest.parent.stat().st_mtime
-        if data["recipe"] not in newest or used > newest[data["recipe"]][0]:
-            newest[data["recipe"]] = (used, data)
+    newest: dict[str, tuple[float, Manifest]] = {}
+    for path in (store.root / "builds").glob(f"*/{MANIFEST}"):
+        manifest = Manifest.read(path)
+        if manifest is None:
+            continue
+        used = path.parent.stat().st_mtime
+        if manifest.recipe not in newest or used > newest[manifest.recipe][0]:
+            newest[manifest.recipe] = (used, manifest)
     keep = set()
-    for _, data in newest.values():
-        for kind, keys in data["inputs"].get("entries", {}).items():
+    for _, manifest in newest.values():
+        for kind, keys in manifest.entries.items():
             keep.update(store.entry(kind, key) for key in keys)
     return keep
 
@@ -73,8 +75,9 @@ def gc(store: Store, *, max_size: int | None = None, older_than: float | None = 
         for entry in removed:
             store.remove_entry(entry.kind, entry.path.name)
         # A failed build's box is kept for `shell --failed` only while the layers under it are.
-        for saved in sorted((store.root / "failed").glob("*/failed.json")):
-            if not all(Path(layer).is_dir() for layer in json.loads(saved.read_text())["layers"]):
+        for saved in sorted((store.root / "failed").glob(f"*/{FAILED}")):
+            failed = FailedBox.read(saved.parent)
+            if failed is None or not all(layer.is_dir() for layer in failed.layers):
                 remove_tree(saved.parent)
     return removed
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from buildbox.constants import BUILDER, EPOCH
-from buildbox.recipe import BootstrapSet, Fetch, Recipe, Set, TarballSet
+from buildbox.pins import DebianAsked, Known, Packages, Pins, SourcePin, Unresolved
+from buildbox.recipe import BootstrapSet, DebianSource, Fetch, Recipe, Set, TarballSet
 
 # Bump on purpose when a key document changes shape: every cache entry is then made again once.
 FORMAT = 4
@@ -60,10 +62,10 @@ def base_key(set_keys: list[str]) -> str:
 
 
 def layer_document(base: str, *, install: tuple[str, ...] = (), build_deps: tuple[str, ...] = (),
-                   packages: dict[str, Any] | None = None) -> dict[str, Any]:
+                   packages: Packages | None = None) -> dict[str, Any]:
     """A package layer: its base and the packages asked for, or (locked) every pinned package."""
     if packages is not None:
-        return document("layer", {"base": base, "packages": packages})
+        return document("layer", {"base": base, "packages": packages.as_dict()})
     return document("layer", {"base": base, "install": sorted(install), "build-deps": sorted(build_deps)})
 
 
@@ -71,41 +73,32 @@ def layer_key(base: str, **asked: Any) -> str:
     return key(layer_document(base, **asked))
 
 
-def source_document(pin: dict[str, str], *, layer: str | None = None) -> dict[str, Any]:
+def source_document(source: SourcePin | DebianAsked, *, layer: str | None = None) -> dict[str, Any]:
     """A source tree: a git commit, a tarball's sha256, a Debian source's version and .dsc sha256;
     or, for an unlocked Debian source, its package name over the layer whose lists name its version."""
-    if "debian" in pin and "version" not in pin:
-        return document("source", {"layer": layer, "debian": pin["debian"]})
-    return document("source", portable_source(pin))
+    if isinstance(source, DebianAsked):
+        return document("source", {"layer": layer, "debian": source.package})
+    return document("source", source.portable())
 
 
-def source_key(pin: dict[str, str], *, layer: str | None = None) -> str:
-    return key(source_document(pin, layer=layer))
+def source_key(source: SourcePin | DebianAsked, *, layer: str | None = None) -> str:
+    return key(source_document(source, layer=layer))
 
 
-def portable_source(pin: dict[str, str]) -> dict[str, str]:
-    """What identifies a source's content, without where it was fetched from (a path on one host)."""
-    if "commit" in pin:
-        return {"commit": pin["commit"]}
-    if "url" in pin:
-        return {"url-sha256": pin["sha256"]}
-    return dict(pin)
-
-
-def fetch_document(layer: str, source: dict[str, str], fetch: Fetch) -> dict[str, Any]:
+def fetch_document(layer: str, source: SourcePin, fetch: Fetch) -> dict[str, Any]:
     """What an unpinned fetch stands on (its tree is filed by its digest; this keys the record of
     which digest these inputs gave, so that the fetch is not run again on every build)."""
-    return document("fetch", {"layer": layer, "source": portable_source(source), "script": fetch.script,
+    return document("fetch", {"layer": layer, "source": source.portable(), "script": fetch.script,
                               "env": [list(kv) for kv in fetch.env], "user": dataclasses.asdict(BUILDER)})
 
 
-def build_document(pins: dict[str, Any], recipe: Recipe) -> dict[str, Any]:
+def build_document(pins: Pins, recipe: Recipe) -> dict[str, Any]:
     """What a build stands on: the pins (not the stages' keys: a locked build and an unlocked one
     that resolved to the same sets, packages and source are one build) and the recipe's build.
     A fetched tree counts by its digest, not by the script that fetched it."""
     return document("build", {
-        "pins": {"sets": list(pins["sets"]), "packages": pins["packages"], "source": portable_source(pins["source"]),
-                 **({"fetch": pins["fetch"]} if "fetch" in pins else {})},
+        "pins": {"sets": list(pins.sets), "packages": pins.packages.as_dict(), "source": pins.source.portable(),
+                 **({"fetch": pins.fetch} if pins.fetch else {})},
         "user": dataclasses.asdict(BUILDER), "script": recipe.script, "env": [list(kv) for kv in recipe.env],
         "static": recipe.static, "verify": list(recipe.verify_run), "network": recipe.network,
         "limits": dataclasses.asdict(recipe.limits), "sandbox": SANDBOX_VERSION,
@@ -114,8 +107,66 @@ def build_document(pins: dict[str, Any], recipe: Recipe) -> dict[str, Any]:
     })
 
 
-def build_key(pins: dict[str, Any], recipe: Recipe) -> str:
+def build_key(pins: Pins, recipe: Recipe) -> str:
     return key(build_document(pins, recipe))
+
+
+# -- every stage's key document, from what is known ----------------------------------------------
+# The cache kind each stage's entry is filed under (a set's is its own: a download or a bootstrap).
+STAGE_KINDS = {"base": "bases", "layer": "layers", "source": "sources", "fetch": "fetches", "build": "builds"}
+SET_KINDS = {TarballSet: "downloads", BootstrapSet: "bootstraps"}
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a recipe as its key knows it: its name (set1, base, layer, source, fetch,
+    build), the cache kind its entry is filed under, and its key document and key, or Unresolved."""
+    name: str
+    kind: str
+    document: dict[str, Any] | None
+    key: str | Unresolved
+
+
+def stages(recipe: Recipe, known: Known) -> dict[str, Stage]:
+    """Every stage of the recipe, in pipeline order, from its pins as far as they are known:
+    a pure function (no cache, no process, no network; resolve.py finds the pins)."""
+    found: dict[str, Stage] = {}
+    set_keys = []
+    for index, (spec, digest) in enumerate(zip(recipe.base.sets, known.lock_sets)):
+        if isinstance(spec, TarballSet):
+            found[f"set{index + 1}"] = Stage(f"set{index + 1}", SET_KINDS[TarballSet], None, spec.sha256)
+        else:
+            doc = set_document(spec, digest)
+            found[f"set{index + 1}"] = Stage(f"set{index + 1}", SET_KINDS[BootstrapSet], doc, key(doc))
+        set_keys.append(found[f"set{index + 1}"].key)
+    doc = base_document(set_keys)
+    base = found["base"] = Stage("base", STAGE_KINDS["base"], doc, key(doc))
+    if known.locked:
+        assert not isinstance(known.packages, Unresolved)
+        doc = layer_document(base.key, packages=known.packages)
+    else:
+        doc = layer_document(base.key, install=recipe.layer_install, build_deps=recipe.build_deps)
+    layer = found["layer"] = Stage("layer", STAGE_KINDS["layer"], doc, key(doc))
+    source: SourcePin | DebianAsked | Unresolved = known.source
+    if isinstance(recipe.source, DebianSource) and not known.locked:
+        source = DebianAsked(recipe.source.package)   # its entry is filed by what was asked
+    if isinstance(source, Unresolved):
+        found["source"] = Stage("source", STAGE_KINDS["source"], None, source)
+    else:
+        doc = source_document(source, layer=layer.key)
+        found["source"] = Stage("source", STAGE_KINDS["source"], doc, key(doc))
+    if recipe.fetch:
+        # Filed by the tree's digest; its document (what an unpinned fetch stands on) needs the
+        # source's pin.
+        doc = None if isinstance(known.source, Unresolved) else fetch_document(layer.key, known.source, recipe.fetch)
+        fetched = known.fetch if known.fetch is not None else Unresolved(f"{recipe.name}: its [fetch] has not run yet")
+        found["fetch"] = Stage("fetch", STAGE_KINDS["fetch"], doc, fetched)
+    pins = known.pins()
+    if isinstance(pins, Unresolved):
+        found["build"] = Stage("build", STAGE_KINDS["build"], None, pins)
+    else:
+        doc = build_document(pins, recipe)
+        found["build"] = Stage("build", STAGE_KINDS["build"], doc, key(doc))
+    return found
 
 
 # -- why a stage runs again ---------------------------------------------------------------------

@@ -19,6 +19,7 @@ from typing import Any
 import tomlkit
 
 from buildbox.errors import InputError
+from buildbox.pins import Pins
 from buildbox.recipe import (ARCH_RE, PACKAGE_RE, SHA256_RE, VERSION_RE, BootstrapSet, DebianSource, Doc, GitSource,
                              Lock, Recipe, TarballSet, list_of_tables, read_recipe)
 from buildbox.store import write_atomically
@@ -157,7 +158,7 @@ def read_lock(recipe: Recipe) -> Lock | None:
                      f"the lock's [fetch] needs sha256 = {HEX} (the fetched tree's)", relock)
         pins["fetch"] = fetch["sha256"]
         lines["fetch"] = doc.line_of(("fetch",), "sha256")
-    return Lock(path, pins, lines)
+    return Lock(path, Pins.from_dict(pins), lines)
 
 
 def _refuse_old_tree_digests(doc: Doc, recipe: Recipe, relock: str) -> None:
@@ -175,9 +176,10 @@ def _refuse_old_tree_digests(doc: Doc, recipe: Recipe, relock: str) -> None:
                  "computes", relock)
 
 
-def write_lock(recipe: Recipe, pins: dict[str, Any]) -> list[str]:
+def write_lock(recipe: Recipe, resolved: Pins) -> list[str]:
     """Write the recipe's lock with these pins, keeping the comments of the file it replaces;
     return a line per pin that changed (all of them, for a new lock)."""
+    pins = resolved.as_dict()
     path = lock_path(recipe.path)
     old = tomlkit.parse(path.read_text()) if path.exists() else None
     if old is None or old.get("format") not in READ_FORMATS:   # format 1 is format 2's shape: kept, comments too

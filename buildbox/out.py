@@ -18,9 +18,9 @@ from typing import Any
 from buildbox.errors import BuildFailed, InputError
 from buildbox.log import escaped
 from buildbox.process import stop_if_interrupted
+from buildbox.records import MANIFEST, Manifest
 from buildbox.store import copy_sparse, file_sha256, fsync_dir, remove_tree, write_atomically
 
-MANIFEST = "manifest.json"
 AT_FDCWD, RENAME_EXCHANGE = -100, 2
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -37,14 +37,7 @@ def made_by_buildbox(dest: Path) -> bool:
 
 def is_manifest(path: Path) -> bool:
     """Whether path is a manifest buildbox wrote (a regular file: never a FIFO to hang on)."""
-    try:
-        if not path.is_file():
-            return False
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(manifest, dict) and {"recipe", "key", "artifacts"} <= manifest.keys() and \
-        isinstance(manifest["artifacts"], dict)
+    return Manifest.read(path) is not None
 
 
 def install(entry: Path, dest: Path, stamps: Path) -> dict[str, str]:
@@ -55,15 +48,17 @@ def install(entry: Path, dest: Path, stamps: Path) -> dict[str, str]:
         raise InputError(f"{_shown(dest)} exists and was not made by buildbox: move it or pick --out")
     dest.parent.mkdir(parents=True, exist_ok=True)
     remove_litter(dest)
-    manifest = json.loads((entry / MANIFEST).read_text())
+    manifest = Manifest.read(entry / MANIFEST)
+    if manifest is None:
+        raise CorruptEntry(f"the cached build {entry.name[:12]} has no readable manifest")
     tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
     remove_tree(tmp)
     tmp.mkdir()
     try:
         digests = {}
-        for rel, fact in sorted(manifest["artifacts"].items()):
+        for rel, fact in sorted(manifest.artifacts.items()):
             stop_if_interrupted(f"the copy to {_shown(dest)}")   # Ctrl-C: the old out/NAME stays
-            digests[rel] = _copy_checked(entry, rel, tmp, fact["sha256"])
+            digests[rel] = _copy_checked(entry, rel, tmp, fact.sha256)
         shutil.copy2(entry / MANIFEST, tmp / MANIFEST)
         _fsync_tree(tmp)
         stop_if_interrupted(f"the copy to {_shown(dest)}")
@@ -75,7 +70,7 @@ def install(entry: Path, dest: Path, stamps: Path) -> dict[str, str]:
     finally:
         remove_tree(tmp)
     stamps.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(stamps, json.dumps({"dest": str(dest.absolute()), "key": manifest["key"],
+    write_atomically(stamps, json.dumps({"dest": str(dest.absolute()), "key": manifest.key,
                                          "files": {rel: _stamp(dest / rel) for rel in digests}}) + "\n")
     return digests
 
@@ -83,22 +78,19 @@ def install(entry: Path, dest: Path, stamps: Path) -> dict[str, str]:
 def is_current(dest: Path, key: str, stamps: Path) -> bool:
     """Whether dest holds the build `key`, every artifact with the content the build made: a file
     whose stat signature is the one recorded at install is taken as untouched, any other re-hashed."""
-    try:
-        manifest = json.loads((dest / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return False
-    if not isinstance(manifest, dict) or manifest.get("key") != key:
+    manifest = Manifest.read(dest / MANIFEST)
+    if manifest is None or manifest.key != key:
         return False
     try:
         recorded: dict[str, Any] = json.loads(stamps.read_text())
     except (OSError, ValueError):
         recorded = {}
     known = recorded.get("files", {}) if recorded.get("key") == key else {}
-    for rel, fact in manifest.get("artifacts", {}).items():
+    for rel, fact in manifest.artifacts.items():
         try:
             if known.get(rel) == _stamp(dest / rel):
                 continue
-            if file_sha256(dest / rel) != fact["sha256"]:
+            if file_sha256(dest / rel) != fact.sha256:
                 return False
         except OSError:
             return False

@@ -10,12 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from buildbox import log
 from buildbox.box import Box
+from buildbox.context import Context
 from buildbox.errors import BuildFailed, BuildboxError, InputError
 from buildbox.store import Store, copy_sparse, file_sha256, write_meta
 
 if TYPE_CHECKING:
-    from buildbox.recipe import Lock
+    from buildbox.recipe import Lock, Recipe
 
 # apt-get takes `--` as the end of its options (apt 2.6, bookworm's): every package operand comes after
 # one. What follows is still apt's syntax (NAME=VERSION, a .deb's path), so each part is checked too.
@@ -90,6 +92,26 @@ def make_layer(store: Store, lower: list[Path], install: tuple[str, ...], build_
     write_meta(entry, {"install": list(install), "build-deps": list(build_deps), "packages": packages})
 
 
+def make(ctx: Context, recipe: Recipe, base: list[Path], entry: Path, why: str = "") -> None:
+    """The package stage: the recipe's packages installed over its base layers, kept as entry/root."""
+    lock = recipe.lock
+    if lock:
+        what = f"the {len(lock.pins.packages)} packages of {lock.path.name}"
+    else:
+        what = ", ".join(recipe.layer_install + tuple(f"build-deps of {p}" for p in recipe.build_deps)) or "nothing"
+    if recipe.implicit and not lock:
+        implicit = (f"layer {recipe.name}: also installing {', '.join(recipe.implicit)}, which a Debian source "
+                    "needs (as sbuild does)")
+        log.say(implicit)
+        why = f"{why}\nbuildbox: {implicit}" if why else implicit
+    with log.step(f"Installing packages into a layer ({what})"):
+        try:
+            make_layer(ctx.store, base, recipe.layer_install, recipe.build_deps, entry,
+                       ctx.logfile(recipe.name, "packages", why), lock=lock)
+        except BuildFailed as err:
+            raise explain_apt_failure(err, recipe.at("packages"), lock) from None
+
+
 def _installed(box: Box) -> dict[str, tuple[str, str]]:
     """Every package installed in the box: name (name:arch if foreign) -> (version, arch)."""
     out = box.run(["dpkg-query", "-W", "-f", "${Package}\t${Version}\t${Architecture}\t${db:Status-Abbrev}\n"],
@@ -157,14 +179,14 @@ def _install_locked(box: Box, store: Store, lock: Lock, apt: Callable[..., None]
     base = _installed(box)
     debs = store.dir("debs")
     args = []
-    for name, pin in sorted(lock.pins["packages"].items()):
-        if base.get(name) == (pin["version"], pin["arch"]):
+    for pin in lock.pins.packages:
+        if base.get(pin.name) == (pin.version, pin.arch):
             continue
-        cached = debs / deb_name(name, pin["version"], pin["arch"])
-        if "sha256" in pin and cached.is_file() and file_sha256(cached) == pin["sha256"]:
+        cached = debs / deb_name(pin.name, pin.version, pin.arch)
+        if pin.sha256 and cached.is_file() and file_sha256(cached) == pin.sha256:
             args.append(f"/var/cache/apt/archives/{cached.name}")
         else:
-            args.append(f"{name}={pin['version']}")
+            args.append(f"{pin.name}={pin.version}")
     if args:
         apt("install", *APT_OPTS, "--allow-downgrades", "--", *args,
             what=f"installing the {len(args)} packages {lock.path.name} pins")
@@ -172,7 +194,7 @@ def _install_locked(box: Box, store: Store, lock: Lock, apt: Callable[..., None]
 
 def _check_locked(packages: dict[str, dict[str, str]], lock: Lock) -> None:
     """A locked layer holds exactly the pinned packages, each from the pinned .deb."""
-    pinned = lock.pins["packages"]
+    pinned = lock.pins.packages.as_dict()
     for name in sorted(set(packages) | set(pinned)):
         got, want = packages.get(name), pinned.get(name)
         if want is None:
@@ -217,11 +239,11 @@ def explain_apt_failure(err: BuildFailed, where: str, lock: Lock | None = None) 
         found = re.search(pattern, err.tail)
         if found:
             name = found.group("name")
-            pin = lock.pins["packages"].get(name) or lock.pins["source"]
+            pin = lock.pins.packages.get(name) or lock.pins.source
             recipe = lock.path.with_suffix(".toml")
-            return InputError(f"{name} {found.groupdict().get('version') or pin.get('version', '')}, pinned by "
-                              f"the lock, is no longer in the archive nor in the cache",
-                              where=lock.at(name if name in lock.pins["packages"] else "source"),
+            return InputError(f"{name} {found.groupdict().get('version') or getattr(pin, 'version', '')}, pinned "
+                              f"by the lock, is no longer in the archive nor in the cache",
+                              where=lock.at(name if lock.pins.packages.get(name) else "source"),
                               hint=f"`buildbox run --refresh {recipe}` locks what the archive has now; to "
                               "rebuild the locked bits, use a cache that holds them or a snapshot.debian.org mirror")
     for pattern in MISSING_PATTERNS:

@@ -62,10 +62,13 @@ def run(argv: Sequence[str], *, what: str, env: Mapping[str, str] | None = None,
         cwd: Path | None = None, log: Path | None = None, stream: bool = False,
         capture: bool = False, cleanup: bool = False, timeout: float | None = None,
         silence: float | None = None, interactive: bool = False, contained: bool = False,
-        log_limit: int | None = None, timeout_key: str = "[limits] timeout", ok: Sequence[int] = (0,)) -> str:
+        log_limit: int | None = None, timeout_key: str = "[limits] timeout", ok: Sequence[int] = (0,),
+        rerun: str | None = None, show_command: bool = True) -> str:
     """Run argv to the end; return its stdout when capture is set; raise BuildFailed with the output's tail
     when it exits with a status not in ok. With contained, in namespaces of its own that die with
-    buildbox (CONTAINED).
+    buildbox (CONTAINED). The failure's hint names the command line, or with rerun what a user
+    types to run it again; without show_command (a command line that cannot be rerun as it was:
+    a box's names a plan file removed once read), neither but for rerun.
 
     Once interrupted, only cleanup commands (unmounting) still start.
     """
@@ -112,7 +115,8 @@ def run(argv: Sequence[str], *, what: str, env: Mapping[str, str] | None = None,
         lines = tail.rstrip("\n").splitlines()[-TAIL_LINES:]
         command = shlex.join(shown)
         # A command that carries a recipe's script is too long to show on the error's one line.
-        hints = [f"command: {command}"] if "\n" not in command and len(command) < 400 else []
+        shown_ok = show_command and "\n" not in command and len(command) < 400
+        hints = [f"rerun it: {rerun}"] if rerun else [f"command: {command}"] if shown_ok else []
         hints += [f"full log: {log}"] if log else []
         raise BuildFailed(f"{what} failed (exit status {proc.returncode})", hint="; ".join(hints) or None,
                           tail="\n".join(lines))

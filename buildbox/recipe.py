@@ -17,7 +17,9 @@ from urllib.parse import urlparse
 import tomlkit
 import tomlkit.exceptions
 
+from buildbox.constants import FETCH_ENV, OFFLINE_ENV
 from buildbox.errors import InputError
+from buildbox.pins import Pins
 
 DEFAULT_BASE = "debian-bookworm"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
@@ -38,7 +40,6 @@ SUITE_RE = re.compile(r"[a-z0-9][a-z0-9.+-]{0,63}")
 DEBIAN_SOURCE_NEEDS = ("dpkg-dev", "fakeroot")
 # Set by buildbox for the fetch and the build, so that the common tools keep what they download
 # in $FETCH with no configuration (README, "Recipes from upstream").
-FETCH_ENV = ("FETCH", "GOPATH", "GOMODCACHE", "CARGO_HOME", "npm_config_cache", "PIP_CACHE_DIR", "YARN_CACHE_FOLDER")
 # Set by buildbox for every build; a recipe may not change what they mean.
 RESERVED_ENV = ("HOME", "USER", "LOGNAME", "OUT")
 # What buildbox sets in a build's environment itself (build.build_env): the build user's login
@@ -46,7 +47,6 @@ RESERVED_ENV = ("HOME", "USER", "LOGNAME", "OUT")
 # offline switches (build.offline_env; GOFLAGS is kept, with -mod=mod appended). A secret-env of
 # one of these names would replace buildbox's value, or be replaced by it.
 BOX_ENV = ("HOME", "USER", "LOGNAME", "PATH", "SHELL", "LANG", "TZ", "SOURCE_DATE_EPOCH", "OUT")
-OFFLINE_ENV = ("GOPROXY", "CARGO_NET_OFFLINE", "npm_config_offline", "PIP_NO_INDEX")
 
 
 @dataclass(frozen=True)
@@ -177,7 +177,7 @@ class Lock:
     """A recipe's lock as lock.py read it: the pins, in the one form the keys take them (lock.py's
     docstring), and the line of each for errors."""
     path: Path
-    pins: dict[str, Any] = field(compare=False)
+    pins: Pins = field(compare=False)
     lines: dict[str, int] = field(compare=False)   # "set.N", "source", package name -> line
 
     def at(self, what: str) -> str:
@@ -441,10 +441,12 @@ def read_recipe(path: Path) -> Recipe:
 
     fetch = _parse_fetch(doc, data.get("fetch"), source)
     if fetch:
-        clash = sorted(set(env) & {*FETCH_ENV, "GOPROXY", "CARGO_NET_OFFLINE"})
+        # Every one of them, or buildbox's value would silently win over the recipe's.
+        clash = sorted(set(env) & {*FETCH_ENV, *OFFLINE_ENV})
         if clash:
             doc.fail(("build",), "env", f"{clash[0]} is set by buildbox for the build of a recipe with [fetch]",
-                     f"remove {clash[0]} from [build] env (GOFLAGS is kept, with -mod=mod appended)")
+                     f"remove {clash[0]} from [build] env (buildbox sets {', '.join([*FETCH_ENV, *OFFLINE_ENV])}; "
+                     "GOFLAGS is kept, with -mod=mod appended)")
 
     verify = data.get("verify", {})
     doc.check_keys(verify, ("verify",), {"static": bool, "run": list, "timeout": object})

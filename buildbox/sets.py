@@ -19,11 +19,11 @@ from buildbox.box import run_helper
 from buildbox.constants import EPOCH   # fixed: the same bootstrap inputs give the same tarball
 from buildbox.errors import BuildFailed, InputError
 from buildbox.inroot import Root, set_attributes
-from buildbox.process import run
 from buildbox.recipe import BootstrapSet, UnpackLimits
 from buildbox.space import free_bytes, require_room
 from buildbox.space import reserve as reserve_of
-from buildbox.store import Store, file_sha256
+from buildbox.context import Context
+from buildbox.store import DIGEST_FORMAT, Store, file_sha256, tree_sha256, write_meta
 
 CHUNK = 1 << 16
 DOWNLOAD_ATTEMPTS = 6
@@ -112,6 +112,36 @@ BOOTSTRAP_AT = "/tmp/bootstrap"   # where mmdebstrap's helper sees the tree it m
 MMDEBSTRAP_DEV_DIRS = ("pts", "shm")
 MMDEBSTRAP_DEV_LINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
                         "stderr": "/proc/self/fd/2"}
+
+
+def ensure_download(store: Store, url: str, sha256: str) -> Path:
+    """A tarball set's (or a source's) stage: a verified download in the cache, kept by its
+    sha256 and shared by sets and sources."""
+    def fetch(tmp: Path) -> None:
+        fetch_verified(url, sha256, tmp / "file", partial=tmp.parent / f".part-{sha256}")
+    return store.ensure("downloads", sha256, fetch) / "file"
+
+
+def make(ctx: Context, spec: BootstrapSet, entry: Path, *, pinned: str | None = None, where: str = "",
+         why: str = "") -> str:
+    """A bootstrap set's stage: mmdebstrap into entry/root, which must come out with the digest
+    a lock pins (if one does); its meta records what it is. Returns the tree's digest."""
+    from buildbox.keys import set_key
+    with log.step(f"Bootstrapping Debian {spec.suite} ({spec.variant}) with mmdebstrap"):
+        try:
+            make_bootstrap(ctx.store, spec, entry / "root", ctx.logfile("bootstrap", set_key(spec)[:12], why))
+        except BuildFailed as err:
+            from buildbox.packages import explain_apt_failure
+            raise explain_apt_failure(err, spec.where) from None
+    got = tree_sha256(entry / "root")
+    if pinned and got != pinned:
+        raise InputError(f"mmdebstrap now makes {spec.suite} with sha256 {got[:12]}…, not the locked "
+                         f"{pinned[:12]}…: {spec.mirror} has changed since the lock was written", where=where,
+                         hint="`buildbox run --refresh RECIPE` locks what the archive has now; to rebuild "
+                         "the locked bits, use a cache that holds them or a snapshot.debian.org mirror")
+    write_meta(entry, {"sha256": got, "digest-format": DIGEST_FORMAT, "suite": spec.suite, "mirror": spec.mirror,
+                       "variant": spec.variant, "packages": list(spec.packages)})
+    return got
 
 
 def make_bootstrap(store: Store, spec: BootstrapSet, dest: Path, logfile: Path) -> None:

@@ -7,12 +7,15 @@ import os
 import re
 from pathlib import Path
 
+from buildbox import log
 from buildbox.constants import BUILD_DIR, BUILDER, SRC
 from buildbox.box import Box
+from buildbox.context import Context
 from buildbox.errors import BuildFailed, InputError
 from buildbox.packages import fetch_access
-from buildbox.recipe import DebianSource, GitSource, Source, UnpackLimits, UrlSource
-from buildbox.sets import extract, fetch_verified
+from buildbox.pins import DebianPin, source_pin
+from buildbox.recipe import DebianSource, GitSource, Recipe, Source, UnpackLimits, UrlSource
+from buildbox.sets import ensure_download, extract
 from buildbox.store import Store, file_sha256, remove_tree, write_meta
 
 UPSTREAM = "/buildbox/upstream"   # where a local repository is bound, read-only
@@ -65,8 +68,23 @@ def resolve_git(store: Store, layers: list[Path], source: GitSource, *, where: s
                      hint="name an existing branch, tag or full commit in [source] ref")
 
 
+def make(ctx: Context, recipe: Recipe, layers: list[Path], entry: Path, why: str = "", *,
+         commit: str | None = None) -> None:
+    """The source stage: the recipe's source at /build/src in entry/ (a git source at commit; a
+    locked Debian source at the version its lock pins, checked)."""
+    pin = recipe.lock.pins.source if recipe.lock and isinstance(recipe.source, DebianSource) else None
+    assert pin is None or isinstance(pin, DebianPin)
+    with log.step(f"Fetching the source of {recipe.name}"):
+        try:
+            make_source(ctx.store, layers, recipe.source, commit, entry, ctx.logfile(recipe.name, "source", why),
+                        pin=pin, limits=recipe.unpack)
+        except BuildFailed as err:
+            from buildbox.packages import explain_apt_failure
+            raise explain_apt_failure(err, recipe.at("source"), recipe.lock) from None
+
+
 def make_source(store: Store, layers: list[Path], source: Source, commit: str | None,
-                entry: Path, logfile: Path, *, pin: dict[str, str] | None = None,
+                entry: Path, logfile: Path, *, pin: DebianPin | None = None,
                 limits: UnpackLimits = UnpackLimits()) -> None:
     """Fill entry/ with a layer holding the source tree at /build/src, and its pin (the lock's
     [source]) as its meta. A pin given (from a lock) says which version to fetch, and is checked."""
@@ -94,15 +112,8 @@ def _from_tarball(store: Store, source: UrlSource, limits: UnpackLimits, entry: 
     write_meta(entry, {"url": source.url, "sha256": source.sha256})
 
 
-def ensure_download(store: Store, url: str, sha256: str) -> Path:
-    """A verified download in the cache, kept by its sha256 and shared by sets and sources."""
-    def fetch(tmp: Path) -> None:
-        fetch_verified(url, sha256, tmp / "file", partial=tmp.parent / f".part-{sha256}")
-    return store.ensure("downloads", sha256, fetch) / "file"
-
-
 def _in_box(store: Store, layers: list[Path], source: GitSource | DebianSource, commit: str | None,
-            entry: Path, logfile: Path, pin: dict[str, str] | None) -> None:
+            entry: Path, logfile: Path, pin: DebianPin | None) -> None:
     """Fetch inside a box as the build user; keep only what landed in /build/src."""
     upper = entry / ".upper"
     with Box(store, layers, label="source", upper=upper, log=logfile) as box:
@@ -118,7 +129,7 @@ def _in_box(store: Store, layers: list[Path], source: GitSource | DebianSource, 
             meta = {"git": source.url, "commit": commit}
         else:
             # apt-get source checks the files against the signed Sources index of the layer's lists.
-            wanted = f"{source.package}={pin['version']}" if pin else source.package
+            wanted = f"{source.package}={pin.version}" if pin else source.package
             box.run(["apt-get", "source", "-q", "--download-only", "--", wanted],
                     what=f"apt-get source {wanted}", user=BUILDER.spec, env=BUILDER.login_env(),
                     cwd=BUILD_DIR, log=logfile, network=True)
@@ -127,9 +138,9 @@ def _in_box(store: Store, layers: list[Path], source: GitSource | DebianSource, 
                 raise BuildFailed(f"apt-get source {source.package} left {len(dscs)} .dsc files in {BUILD_DIR}")
             meta = {"debian": source.package, "version": _dsc_version(dscs[0]), "dsc": dscs[0].name,
                     "dsc-sha256": file_sha256(dscs[0])}
-            if pin and meta != pin:
+            if pin and source_pin(meta) != pin:
                 raise BuildFailed(f"apt-get source {wanted} gave {meta['dsc']} with sha256 {meta['dsc-sha256']}, "
-                                  f"not the pinned {pin['dsc']} {pin['dsc-sha256']}",
+                                  f"not the pinned {pin.dsc} {pin.dsc_sha256}",
                                   hint="the archive serves other bytes under that version: find out why "
                                   "before re-locking")
             box.run(["dpkg-source", "-x", f"{BUILD_DIR}/{dscs[0].name}", SRC], what="dpkg-source -x",

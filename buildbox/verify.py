@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -13,16 +12,21 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from buildbox import log
 from buildbox.constants import BUILDER, BuildUser
 from buildbox.box import Box, host_name
-from buildbox.build import MANIFEST, make_build
+from buildbox.build import make_build
+from buildbox.context import Context
 from buildbox.errors import BuildFailed
 from buildbox.process import run
 from buildbox.recipe import Recipe
+from buildbox.records import MANIFEST, Manifest
 from buildbox.store import remove_tree
-from buildbox.tasks import Planner
+
+if TYPE_CHECKING:
+    from typing import Any
 
 # What the second build changes outside the box, and the build user's uid and the clock inside
 # it; none of it may change a byte of the artifacts. (The box path changes on every build.)
@@ -102,41 +106,43 @@ def host_conditions(variation: dict) -> Iterator[None]:
         os.environ.update(old_env)
 
 
-def build_fresh(planner: Planner, recipe: Recipe, label: str, places: list[Path], variation: dict) -> Path:
+def build_fresh(ctx: Context, recipe: Recipe, box: Any, label: str, places: list[Path],
+                variation: dict) -> Path:
     """One build of recipe in a fresh box, outside the cache's build entries; returns its folder
     (listed in places first, so that it is removed whatever happens)."""
-    key = planner.build_key(recipe)
-    layers = planner.build_layers(recipe)
-    place = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=planner.store.dir("verify")))
+    place = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=ctx.store.dir("verify")))
     places.append(place)
     with log.step(f"Building {recipe.name} ({label})"):
-        make_build(planner.store, recipe, layers, place, planner.inputs(recipe, key),
-                   planner.logfile(recipe.name, f"verify-{label}"), stream=False, keep=False,
-                   user=variation["user"], vary=clock_ahead(variation["days_ahead"], variation["user"]),
-                   fetched=planner.fetched_tree(recipe))
+        make_build(ctx.store, recipe, box.layers, place, box.inputs, ctx.logfile(recipe.name, f"verify-{label}"),
+                   stream=False, keep=False, user=variation["user"],
+                   vary=clock_ahead(variation["days_ahead"], variation["user"]), fetched=box.fetched)
     return place
 
 
-def digests(manifest: dict) -> dict[str, str]:
-    return {rel: fact["sha256"] for rel, fact in manifest["artifacts"].items()}
+def digests(path: Path) -> dict[str, str]:
+    manifest = Manifest.read(path)
+    if manifest is None:
+        raise BuildFailed(f"{path} is not a buildbox manifest")
+    return manifest.digests()
 
 
-def compare(recipe: Recipe, planner: Planner, against: Path | None) -> list[str]:
-    """Build (twice, or once against a manifest) and return a line per difference; [] if identical."""
-    planner.run(stage=planner.last_stage_before_build(recipe))
-    builds = []
+def compare(ctx: Context, recipe: Recipe, box: Any, against: Path | None) -> list[str]:
+    """Build (twice, or once against a manifest) over the recipe's build box (layers.BuildBox:
+    its layers, fetched tree and manifest inputs; its stages made), and return a line per
+    difference; [] if identical."""
+    builds: list[Path] = []
     try:
         if against:
-            theirs = digests(json.loads(against.read_text()))
+            theirs = digests(against)
             first = None
         else:
             with host_conditions(VARIATIONS[0]):
-                first = build_fresh(planner, recipe, "first", builds, VARIATIONS[0])
-            theirs = digests(json.loads((first / MANIFEST).read_text()))
+                first = build_fresh(ctx, recipe, box, "first", builds, VARIATIONS[0])
+            theirs = digests(first / MANIFEST)
         log.say(f"verify: the second build runs with {describe(VARIATIONS[1])}")
         with host_conditions(VARIATIONS[1]):
-            second = build_fresh(planner, recipe, "second", builds, VARIATIONS[1])
-        ours = digests(json.loads((second / MANIFEST).read_text()))
+            second = build_fresh(ctx, recipe, box, "second", builds, VARIATIONS[1])
+        ours = digests(second / MANIFEST)
         lines = []
         for rel in sorted(set(theirs) | set(ours)):
             if rel not in ours or rel not in theirs:

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from buildbox import keys
+from buildbox.pins import GitPin
 from buildbox.fetch import differences
 from buildbox.recipe import Fetch
 from conftest import Workspace, git, mounts_under, ran
@@ -323,6 +324,6 @@ def test_a_host_port_that_is_not_a_tcp_port_is_refused_on_its_line(
 
 def test_host_ports_are_in_no_key_and_a_mismatch_names_each_path_on_one_line() -> None:
     fetch = Fetch("go mod download")
-    assert keys.fetch_document("l", {"commit": "c"}, fetch) == \
-        keys.fetch_document("l", {"commit": "c"}, dataclasses.replace(fetch, host_ports=(3000,)))
+    assert keys.fetch_document("l", GitPin("x", "c"), fetch) == \
+        keys.fetch_document("l", GitPin("x", "c"), dataclasses.replace(fetch, host_ports=(3000,)))
     assert differences({}, {"a\nb": "file 644 x"}) == ["added a\\nb"]

@@ -18,6 +18,7 @@ import pytest
 from buildbox.base import make_base
 from buildbox.constants import BUILDER
 from buildbox.errors import InputError
+from buildbox.pins import Pins
 from buildbox.lock import load_recipe, lock_path, write_lock
 from buildbox.recipe import UnpackLimits
 from buildbox.sets import extract
@@ -247,7 +248,7 @@ def test_a_lock_whose_package_would_be_an_apt_option_is_refused_before_anything_
     hostile = {"version": f"x; touch {canary}", "arch": "amd64", "sha256": "1" * 64}
     source = {"git": "https://example.org/hello.git", "commit": "c" * 40}
     write_lock(load_recipe(recipe, locked=False),
-               {"sets": ["a" * 64], "packages": {"-oDpkg::Pre-Invoke::": hostile}, "source": source})
+               Pins.from_dict({"sets": ["a" * 64], "packages": {"-oDpkg::Pre-Invoke::": hostile}, "source": source}))
     lock = lock_path(recipe)
     line = next(n for n, l in enumerate(lock.read_text().splitlines(), 1) if l.startswith('"-oDpkg'))
     with pytest.raises(InputError) as refused:

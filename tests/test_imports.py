@@ -29,8 +29,33 @@ def imports(path: Path, modules: set[str]) -> set[str]:
 
 
 def graph() -> dict[str, set[str]]:
+    """Each module's buildbox imports; a command module (buildbox/commands/NAME.py) is
+    "commands.NAME", and importing any of them counts as importing "commands"."""
     modules = {path.stem for path in PACKAGE.glob("*.py")}
-    return {path.stem: imports(path, modules) for path in PACKAGE.glob("*.py")}
+    edges = {path.stem: imports(path, modules) for path in PACKAGE.glob("*.py")}
+    for path in (PACKAGE / "commands").glob("*.py"):
+        edges[f"commands.{path.stem}"] = imports(path, modules) - {"commands"}
+    return edges
+
+
+# The layers of the package, bottom first (README, "The pipeline"): a module imports only from
+# its own layer and those below it.
+LAYERS = {
+    "core": {"errors", "constants", "log", "pins", "space", "__init__"},
+    "cache": {"store"},
+    "input": {"recipe", "lock", "keys", "records", "context"},
+    "sandbox": {"process", "inroot", "idmap", "cgroup", "box", "enter", "sandbox"},
+    "stages": {"sets", "base", "packages", "source", "fetch", "build", "out", "elf", "verify", "shell", "gc"},
+    "plan": {"resolve", "layers", "why", "tasks", "relock"},
+    "commands": {"cli", "commands", "__main__"},
+}
+ORDER = list(LAYERS)
+GRAPH_MODULES = LAYERS["plan"] | LAYERS["commands"]
+
+
+def layer_of(module: str) -> str:
+    name = "commands" if module.startswith("commands.") else module
+    return next(layer for layer, members in LAYERS.items() if name in members)
 
 
 def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
@@ -73,7 +98,34 @@ def test_no_module_of_buildbox_imports_itself_through_others() -> None:
 def test_the_layers_hold_constants_recipe_and_lock_at_the_bottom() -> None:
     edges = graph()
     assert edges["constants"] == set()
-    assert edges["recipe"] <= {"errors"}
-    assert edges["lock"] <= {"errors", "recipe", "store"}
-    assert edges["keys"] <= {"constants", "recipe"}
-    assert "tasks" not in set().union(*(edges[m] for m in edges if m not in ("cli", "verify")))
+    assert edges["pins"] == set()
+    assert edges["recipe"] <= {"errors", "pins", "constants"}
+    assert edges["lock"] <= {"errors", "recipe", "store", "pins"}
+    # Keys are pure: nothing that touches the disk, processes or the network.
+    assert edges["keys"] <= {"constants", "recipe", "pins"}
+    assert "tasks" not in set().union(*(edges[m] for m in edges if m not in ("relock", "cli")
+                                       and not m.startswith("commands.")))
+
+
+def test_every_module_imports_only_from_its_layer_and_those_below() -> None:
+    edges = graph()
+    for module, imported in sorted(edges.items()):
+        for other in sorted(imported):
+            assert ORDER.index(layer_of(other)) <= ORDER.index(layer_of(module)), \
+                f"{module} ({layer_of(module)}) imports {other} ({layer_of(other)}), a layer above it"
+
+
+def test_no_stage_imports_the_graph_or_the_commands() -> None:
+    edges = graph()
+    for stage in sorted(LAYERS["stages"] | LAYERS["sandbox"]):
+        assert not edges[stage] & GRAPH_MODULES, f"{stage} imports {sorted(edges[stage] & GRAPH_MODULES)}"
+
+
+def test_every_command_module_is_reachable_from_the_parser() -> None:
+    import argparse
+    from buildbox.cli import MODULES, parser
+    from buildbox.commands import COMMANDS
+    files = {path.stem for path in (PACKAGE / "commands").glob("*.py")} - {"__init__", "common"}
+    assert files == set(MODULES.values()), "a command module the parser does not know, or one missing"
+    [sub] = [a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(sub.choices) == set(COMMANDS)

@@ -13,7 +13,8 @@ from pathlib import Path
 from buildbox import keys
 from buildbox.lock import load_recipe, write_lock
 from buildbox.store import Store
-from buildbox.tasks import Planner
+from buildbox.pins import GitPin, Pins, TarballPin, source_pin
+from buildbox.tasks import Graph
 from conftest import GOOD, write
 
 PINS = {"sets": ["a" * 64],
@@ -25,17 +26,22 @@ PINS = {"sets": ["a" * 64],
 def locked_recipe(folder: Path, text: str = GOOD):
     folder.mkdir(parents=True, exist_ok=True)
     recipe = write(folder, text)
-    write_lock(load_recipe(recipe), PINS)
+    write_lock(load_recipe(recipe), P(PINS))
     return load_recipe(recipe)
 
 
 def all_keys(recipe, cache: Path) -> list[tuple[str, str | None]]:
-    return list(Planner(Store(cache), [recipe], Path("out")).stage_keys(recipe))
+    return [(stage.name, stage.key if isinstance(stage.key, str) else None)
+            for stage in Graph(Store(cache), [recipe], Path("out")).stages(recipe).values()]
+
+
+def P(pins: dict) -> Pins:
+    return Pins.from_dict(pins)
 
 
 def test_the_build_key_changes_with_any_one_input(tmp_path: Path) -> None:
     recipe = locked_recipe(tmp_path)
-    key = keys.build_key(PINS, recipe)
+    key = keys.build_key(P(PINS), recipe)
     changed_pins = [
         {**PINS, "sets": ["b" * 64]},
         {**PINS, "packages": {**PINS["packages"], "git": {**PINS["packages"]["git"], "version": "1:2.39.5-0+deb12u3"}}},
@@ -51,18 +57,18 @@ def test_the_build_key_changes_with_any_one_input(tmp_path: Path) -> None:
         dataclasses.replace(recipe, network=True),
         dataclasses.replace(recipe, secret_env=("API_TOKEN",)),
     ]
-    others = [keys.build_key(pins, recipe) for pins in changed_pins] + \
-        [keys.build_key(PINS, changed) for changed in changed_recipes]
+    others = [keys.build_key(P(pins), recipe) for pins in changed_pins] + \
+        [keys.build_key(P(PINS), changed) for changed in changed_recipes]
     assert key not in others and len(set(others)) == len(others)
 
 
 def test_every_stage_key_changes_with_what_that_stage_stands_on(tmp_path: Path) -> None:
     base = keys.base_key([keys.set_key(load_recipe(write(tmp_path, GOOD)).base.sets[0], "a" * 64)])
     assert base != keys.base_key([keys.set_key(load_recipe(write(tmp_path, GOOD)).base.sets[0], "b" * 64)])
-    layer = keys.layer_key(base, packages=PINS["packages"])
-    assert layer != keys.layer_key(base, packages={"git": PINS["packages"]["git"]})
-    assert layer != keys.layer_key("0" * 64, packages=PINS["packages"])
-    assert keys.source_key({"git": "x", "commit": "c" * 40}) != keys.source_key({"git": "x", "commit": "d" * 40})
+    layer = keys.layer_key(base, packages=P(PINS).packages)
+    assert layer != keys.layer_key(base, packages=P({**PINS, "packages": {"git": PINS["packages"]["git"]}}).packages)
+    assert layer != keys.layer_key("0" * 64, packages=P(PINS).packages)
+    assert keys.source_key(GitPin("x", "c" * 40)) != keys.source_key(GitPin("x", "d" * 40))
 
 
 def test_no_host_fact_changes_a_key(tmp_path: Path) -> None:
@@ -76,10 +82,10 @@ def test_no_host_fact_changes_a_key(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert first == second and all(key for _, key in first)
-    moved = keys.build_key({**PINS, "source": {"git": "/srv/elsewhere/hello", "commit": "c" * 40}},
+    moved = keys.build_key(P({**PINS, "source": {"git": "/srv/elsewhere/hello", "commit": "c" * 40}}),
                            load_recipe(elsewhere / "hello.toml"))
     assert moved == dict(first)["build"]
-    document = str(keys.build_document(PINS, load_recipe(elsewhere / "hello.toml")))
+    document = str(keys.build_document(P(PINS), load_recipe(elsewhere / "hello.toml")))
     for fact in (str(tmp_path), socket.gethostname(), str(os.getuid())):
         assert fact not in document or fact == "0"
 
@@ -120,7 +126,7 @@ def test_list_keys_prints_the_same_keys_in_two_checkouts_with_two_caches(tmp_pat
 
 def test_the_reasons_name_each_difference_between_two_key_documents_in_fixed_words(tmp_path: Path) -> None:
     recipe = locked_recipe(tmp_path)
-    old = keys.build_document(PINS, recipe)
+    old = keys.build_document(P(PINS), recipe)
     libc = {"version": "2.36-9+deb12u9", "arch": "amd64", "sha256": "4" * 64}
     newer = {**PINS, "sets": ["b" * 64], "source": {**PINS["source"], "commit": "d" * 40},
              "packages": {"git": PINS["packages"]["git"],
@@ -128,26 +134,27 @@ def test_the_reasons_name_each_difference_between_two_key_documents_in_fixed_wor
                           "libc6": libc}}
     changed = dataclasses.replace(recipe, script="other\n", env=(("A", "1"),),
                                   limits=dataclasses.replace(recipe.limits, files=99), network=True)
-    assert keys.reasons(old, keys.build_document(newer, changed)) == [
+    assert keys.reasons(old, keys.build_document(P(newer), changed)) == [
         "set 1 changed", "package golang-go 2:1.19~1 -> 2:1.19~2", "package libc6 added 2.36-9+deb12u9",
         f"commit {'d' * 7} (was {'c' * 7})", "env changed", "limits changed", "network changed", "script changed"]
     fewer = {**PINS, "packages": {"golang-go": PINS["packages"]["golang-go"]}}
-    assert keys.reasons(old, keys.build_document(fewer, recipe)) == [
+    assert keys.reasons(old, keys.build_document(P(fewer), recipe)) == [
         "package git removed (was 1:2.39.5-0+deb12u2)"]
     assert keys.reasons(old, old) == []
 
-    layer = keys.layer_document("e" * 64, packages={"libc6": libc})
-    upgraded = keys.layer_document("e" * 64, packages={"libc6": {**libc, "version": "2.36-9+deb12u10"}})
+    layer = keys.layer_document("e" * 64, packages=P({**PINS, "packages": {"libc6": libc}}).packages)
+    upgraded = keys.layer_document("e" * 64, packages=P({**PINS, "packages": {"libc6": {**libc, "version": "2.36-9+deb12u10"}}}).packages)
     assert keys.reasons(layer, upgraded) == ["package libc6 2.36-9+deb12u9 -> 2.36-9+deb12u10"]
-    assert keys.reasons(layer, keys.layer_document("f" * 64, packages={"libc6": libc})) == ["base changed"]
+    assert keys.reasons(layer, keys.layer_document("f" * 64, packages=P({**PINS, "packages": {"libc6": libc}}).packages)) == ["base changed"]
     asked = keys.layer_document("e" * 64, install=("git",))
     assert keys.reasons(asked, keys.layer_document("e" * 64, install=("git", "make"))) == ["install changed"]
     assert keys.reasons(keys.base_document(["a" * 64, "b" * 64]), keys.base_document(["a" * 64, "c" * 64])) == [
         "set 2 changed"]
-    tarball = keys.source_document({"url": "/x.tar", "sha256": "1" * 64})
-    assert keys.reasons(tarball, keys.source_document({"url": "/y.tar", "sha256": "2" * 64})) == [
+    tarball = keys.source_document(TarballPin("/x.tar", "1" * 64))
+    assert keys.reasons(tarball, keys.source_document(TarballPin("/y.tar", "2" * 64))) == [
         f"tarball sha256 {'2' * 12} (was {'1' * 12})"]
     debian = {"debian": "caddy", "version": "2.6.2-5", "dsc": "caddy_2.6.2-5.dsc", "dsc-sha256": "3" * 64}
-    assert keys.reasons(keys.source_document(debian), keys.source_document({**debian, "version": "2.6.2-6"})) == [
+    assert keys.reasons(keys.source_document(source_pin(debian)),
+                       keys.source_document(source_pin({**debian, "version": "2.6.2-6"}))) == [
         "debian source caddy 2.6.2-6 (was 2.6.2-5)"]
     assert keys.reasons({**old, "format": 3}, old) == [f"key format 3 -> {keys.FORMAT}"]

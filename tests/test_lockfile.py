@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from buildbox.errors import InputError
+from buildbox.pins import Pins
 from buildbox.lock import load_recipe, lock_path, write_lock
 from conftest import GOOD, REPO, write
 
@@ -24,7 +25,7 @@ PINS = {"sets": ["a" * 64],
 
 def locked(tmp_path: Path) -> Path:
     recipe = write(tmp_path, GOOD)
-    write_lock(load_recipe(recipe), PINS)
+    write_lock(load_recipe(recipe), Pins.from_dict(PINS))
     return recipe
 
 
@@ -32,13 +33,13 @@ def test_a_sha256_repositorys_commit_is_a_good_pin(tmp_path: Path) -> None:
     recipe = locked(tmp_path)
     path = lock_path(recipe)
     path.write_text(path.read_text().replace(COMMIT, "d" * 64))
-    assert load_recipe(recipe).lock.pins["source"]["commit"] == "d" * 64
+    assert load_recipe(recipe).lock.pins.source.commit == "d" * 64
 
 
 def test_a_written_lock_reads_back_as_the_same_pins(tmp_path: Path) -> None:
     recipe = load_recipe(locked(tmp_path))
     assert recipe.lock is not None and recipe.lock.path == tmp_path / "hello.lock"
-    assert recipe.lock.pins == PINS
+    assert recipe.lock.pins.as_dict() == PINS
     data = tomllib.loads((tmp_path / "hello.lock").read_text())
     assert data["request"]["install"] == ["git", "golang-go"]
     assert data["packages"]["golang-go"] == {"version": "2:1.19~1", "arch": "amd64", "sha256": "2" * 64}
@@ -55,14 +56,14 @@ def test_a_rewrite_keeps_comments_and_reports_what_changed(tmp_path: Path) -> No
     newer = {**PINS, "packages": {**PINS["packages"], "golang-go": {"version": "2:1.19~2", "arch": "amd64",
                                                                      "sha256": "3" * 64},
                                   "git": {"version": "1:2.39.5-0+deb12u2", "arch": "amd64", "sha256": "4" * 64}}}
-    changes = write_lock(load_recipe(recipe, locked=False), newer)
+    changes = write_lock(load_recipe(recipe, locked=False), Pins.from_dict(newer))
     assert changes == ["package git: added at 1:2.39.5-0+deb12u2", "package golang-go: 2:1.19~1 -> 2:1.19~2"]
     rewritten = path.read_text()
     assert rewritten.startswith("# nightly lock\n")
     assert "# ops: bash pinned for CVE review\nbash = {" in rewritten
     assert f'"{COMMIT}"  # release 1.0' in rewritten
-    assert load_recipe(recipe).lock.pins == newer
-    assert write_lock(load_recipe(recipe), newer) == []
+    assert load_recipe(recipe).lock.pins.as_dict() == newer
+    assert write_lock(load_recipe(recipe), Pins.from_dict(newer)) == []
 
 
 @pytest.mark.parametrize("edit, line_of, words", [
@@ -112,7 +113,7 @@ TARBALL = (f'[source]\nurl = "https://example.org/hello-2.10.tar.gz"\nsha256 = "
 def test_a_locked_sources_every_field_is_checked_on_its_line(tmp_path: Path, recipe: tuple[str, dict], old: str,
                                                             new: str, line_of: str, words: str) -> None:
     path = write(tmp_path, recipe[0])
-    write_lock(load_recipe(path, locked=False), {**PINS, "source": recipe[1]})
+    write_lock(load_recipe(path, locked=False), Pins.from_dict({**PINS, "source": recipe[1]}))
     lock = lock_path(path)
     start = lock.read_text().index("[source]")   # the edit is to [source], not to [request]
     text = lock.read_text()[:start] + lock.read_text()[start:].replace(old, new, 1)
@@ -150,8 +151,8 @@ def test_a_new_digest_in_the_recipe_makes_its_lock_stale(tmp_path: Path) -> None
     old, new = "a" * 64, "b" * 64
     recipe = write(tmp_path, f'[source]\nurl = "https://example.org/x.tar.gz"\nsha256 = "{old}"\n'
                              '[build]\nscript = "true"\n')
-    write_lock(load_recipe(recipe), {**PINS, "source": {"url": "https://example.org/x.tar.gz", "sha256": old}})
-    assert load_recipe(recipe).lock.pins["source"]["sha256"] == old
+    write_lock(load_recipe(recipe), Pins.from_dict({**PINS, "source": {"url": "https://example.org/x.tar.gz", "sha256": old}}))
+    assert load_recipe(recipe).lock.pins.source.sha256 == old
     recipe.write_text(recipe.read_text().replace(old, new))
     with pytest.raises(InputError, match=r"\[source\] changed since hello.lock was written"):
         load_recipe(recipe)
@@ -180,7 +181,7 @@ def test_a_format_1_lock_that_pins_a_fetched_trees_digest_is_refused_on_its_line
     shutil.copytree(REPO / "tests" / "data" / "lock-v1-tarball", tmp_path / "recipes")
     recipe = tmp_path / "recipes" / "hello.toml"
     recipe.write_text(recipe.read_text() + '[fetch]\nscript = "go mod download"\n')
-    write_lock(load_recipe(recipe, locked=False), {**V1_TARBALL_PINS, "fetch": "f" * 64})
+    write_lock(load_recipe(recipe, locked=False), Pins.from_dict({**V1_TARBALL_PINS, "fetch": "f" * 64}))
     lock = lock_path(recipe)
     lock.write_text(lock.read_text().replace("format = 2", "format = 1"))
     line = next(n for n, l in enumerate(lock.read_text().splitlines(), 1) if l.startswith("sha256 = " + '"f'))
@@ -197,7 +198,7 @@ def test_a_format_1_lock_of_tarball_sets_reads_and_names_the_same_cache_entries(
     lock is as good as it was, reads as the same pins, and names the same entries."""
     shutil.copytree(REPO / "tests" / "data" / "lock-v1-tarball", tmp_path / "recipes")
     recipe = load_recipe(tmp_path / "recipes" / "hello.toml")
-    assert recipe.lock and recipe.lock.pins == V1_TARBALL_PINS
+    assert recipe.lock and recipe.lock.pins.as_dict() == V1_TARBALL_PINS
     result = list_keys(tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout == (REPO / "tests" / "data" / "lock-v1-tarball" / "keys.txt").read_text()
@@ -217,11 +218,11 @@ V1_TARBALL_PINS = {
 
 def test_a_fetch_digest_is_locked_and_a_changed_fetch_script_makes_the_lock_stale(tmp_path: Path) -> None:
     recipe = write(tmp_path, GOOD + '[fetch]\nscript = "go mod download"\n')
-    changes = write_lock(load_recipe(recipe, locked=False), {**PINS, "fetch": "f" * 64})
+    changes = write_lock(load_recipe(recipe, locked=False), Pins.from_dict({**PINS, "fetch": "f" * 64}))
     assert f"fetch: sha256 none -> {'f' * 12}…" in changes
-    assert load_recipe(recipe).lock.pins["fetch"] == "f" * 64
+    assert load_recipe(recipe).lock.pins.fetch == "f" * 64
     assert "[fetch]" in lock_path(recipe).read_text()
-    assert write_lock(load_recipe(recipe), {**PINS, "fetch": "e" * 64}) == [f"fetch: sha256 {'f' * 12}… -> {'e' * 12}…"]
+    assert write_lock(load_recipe(recipe), Pins.from_dict({**PINS, "fetch": "e" * 64})) == [f"fetch: sha256 {'f' * 12}… -> {'e' * 12}…"]
 
     recipe.write_text(recipe.read_text().replace("go mod download", "go mod download -x"))
     with pytest.raises(InputError) as caught:
@@ -231,5 +232,5 @@ def test_a_fetch_digest_is_locked_and_a_changed_fetch_script_makes_the_lock_stal
 
     # A lock of a recipe without [fetch] is as it was: no [fetch] table, no fetch request.
     plain = write(tmp_path / "plain", GOOD) if (tmp_path / "plain").mkdir() is None else None
-    write_lock(load_recipe(plain, locked=False), PINS)
+    write_lock(load_recipe(plain, locked=False), Pins.from_dict(PINS))
     assert "fetch" not in lock_path(plain).read_text()
