@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from filelock import FileLock
@@ -181,6 +181,18 @@ def signature(root: Path) -> list[list[Any]]:
 
 def _children(path: Path) -> list[str]:
     return sorted(os.listdir(path)) if path.is_dir() and not path.is_symlink() else []
+
+
+class Cache(Protocol):
+    """What the stages and the graph ask of a cache, by entry kind (KINDS) and key: a second
+    backend (a signed remote) is a class with these verbs, not edits to the graph."""
+
+    def entry(self, kind: str, key: str) -> Path: ...
+    def has(self, kind: str, key: str) -> bool: ...
+    def intact(self, kind: str, key: str) -> bool: ...
+    def ensure(self, kind: str, key: str, make: Callable[[Path], None],
+               inputs: dict[str, Any] | None = None) -> Path: ...
+    def add(self, kind: str, make: Callable[[Path], str]) -> str: ...
 
 
 class Store:
