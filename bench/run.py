@@ -288,10 +288,20 @@ def bench_verify(store: Store, planner: Planner, recipe) -> None:
         elf_time + ldd_time <= 0.2)
 
 
-def bench_caddy_memory(cache: Path) -> None:
-    """Peak RSS of the buildbox process itself while it builds caddy (its children not counted)."""
-    proc = subprocess.Popen([sys.executable, "-m", "buildbox", "run", "-q", "recipes/caddy.toml", "--cache", str(cache),
-                             "--out", str(WORK / "out")], cwd=REPO, stdout=subprocess.DEVNULL,
+def locked_caddy(ws: Path, cache: Path) -> Path:
+    """recipes/caddy.toml copied into the workspace and locked there (its lock pins everything)."""
+    recipe = ws / "recipes" / "caddy.toml"
+    shutil.copy(REPO / "recipes" / "caddy.toml", recipe)
+    buildbox("lock", str(recipe), cwd=ws, cache=cache)
+    return recipe
+
+
+def bench_caddy_memory(cache: Path, recipe: Path) -> float:
+    """Peak RSS of the buildbox process itself while it builds caddy (its children not counted);
+    returns how long the build took, from cached layers."""
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "buildbox", "run", "-q", str(recipe), "--cache", str(cache),
+                             "--out", str(WORK / "out")], cwd=recipe.parent.parent, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
     peak = 0
 
@@ -314,6 +324,50 @@ def bench_caddy_memory(cache: Path) -> None:
         raise SystemExit(f"bench: caddy build failed:\n{err[-3000:]}")
     row("peak RSS of buildbox during a caddy build", peak / (1 << 20), "MB", "-", None, "<= 150 MB",
         peak <= 150 << 20)
+    return time.perf_counter() - started
+
+
+def bench_remote(ws: Path, cache: Path, recipe: Path, rebuild: float) -> None:
+    """Locked caddy taken from a loopback nginx into an empty cache, against its build from cached
+    layers (same run); and 20 build keys the remote lacks, looked up in one batch."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from servers import DAV_MODULE, Nginx
+    if not DAV_MODULE.exists():
+        print("bench: no nginx dav module (README's first command installs it): remote rows skipped")
+        return
+    from buildbox import signing
+    from buildbox.config import Remote
+    from buildbox.remote import RemoteCache, Wanted
+    server = Nginx(WORK / "nginx")
+    try:
+        secret, public = signing.generate("bench", WORK / "keys")
+        (ws / "push.toml").write_text(f'[remote]\nurl = "{server.url}"\nsigning-key = "{secret}"\n')
+        (ws / "take.toml").write_text(f'[remote]\nurl = "{server.ro}"\ntrusted-keys = ["{public.read_text().strip()}"]\n')
+        buildbox("push", str(recipe), "--config", str(ws / "push.toml"), cwd=ws, cache=cache)
+        empty = WORK / "empty-cache"
+
+        def take() -> None:
+            result = buildbox("run", "-q", str(recipe), "--config", str(ws / "take.toml"), "--out", str(WORK / "out-b"),
+                              cwd=ws, cache=empty)
+            assert "from remote cache" in result.stderr, result.stderr[-2000:]
+        taken = median_time(take, 3, setup=lambda: shutil.rmtree(empty, ignore_errors=True))
+        row("locked caddy from the remote, empty cache", taken, "s", "its build from cached layers", rebuild,
+            ">= 100x", rebuild / taken >= 100)
+        remote = Remote(server.ro, trusted=(signing.parse_public(public.read_text()),))
+        missing = [Wanted(f"r{i}", f"{i:064x}", {}) for i in range(20)]
+
+        def batch() -> None:
+            RemoteCache(remote).look_up(missing)
+
+        def one_by_one() -> None:
+            cache_ = RemoteCache(remote)
+            for wanted in missing:
+                cache_.look_up([wanted])
+        batched = median_time(batch, 5)
+        row("20 recipes the remote lacks, looked up", batched, "s", "the same one at a time",
+            median_time(one_by_one, 5), "<= 0.5 s", batched <= 0.5)
+    finally:
+        server.stop()
 
 
 def report_disk(cache: Path) -> None:
@@ -348,7 +402,9 @@ def main() -> None:
     bench_parallel(ws, cache)
     bench_verify(store, planner, probe)
     bench_cold_base(probe)
-    bench_caddy_memory(cache)
+    caddy = locked_caddy(ws, cache)
+    rebuild = bench_caddy_memory(cache, caddy)
+    bench_remote(ws, cache, caddy, rebuild)
     report_disk(cache)
     results = REPO / "bench" / "results"
     results.mkdir(exist_ok=True)

@@ -162,8 +162,16 @@ def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, in
         "artifacts": {rel: {"sha256": digests[rel], "size": (files / rel).stat().st_size,
                             **facts.get(rel, {})}
                       for rel in sorted(artifacts)},
+        "from_remote": False,   # built here; a build taken from the remote cache says whose it is
     }
     Manifest.write(entry, manifest)
+
+
+def check_taken(ctx: Context, recipe: Recipe, files: Path) -> None:
+    """The checks a build made elsewhere passes here before it is used: the host's (pyelftools)
+    and the recipe's [verify] run commands."""
+    verify_on_host(recipe, files)
+    run_verify_commands(ctx.store, recipe, files, ctx.logfile(recipe.name, "build", "checks of a build from the remote cache"))
 
 
 def failed_box(store: Store, name: str) -> Path:

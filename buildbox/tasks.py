@@ -26,6 +26,7 @@ from buildbox.keys import Stage
 from buildbox.pins import Unresolved
 from buildbox.recipe import BootstrapSet, GitSource, Recipe, Set, TarballSet
 from buildbox.records import FetchRecord
+from buildbox.remote import RemoteCache, Wanted
 from buildbox.resolve import Resolver, set_digest
 from buildbox.store import Store, remove_tree
 from buildbox.why import announce, record_fetch, remember, why_fetch
@@ -41,9 +42,11 @@ class Graph:
     """The stage tasks of a set of recipes, sharing one cache."""
 
     def __init__(self, store: Store, recipes: list[Recipe], out_root: Path, *, keep: bool = False,
-                 stream: bool = True, report_failures: bool = False, offline: bool = False) -> None:
+                 stream: bool = True, report_failures: bool = False, offline: bool = False,
+                 remote: RemoteCache | None = None) -> None:
         self.ctx = Context(store, stream=stream, keep=keep)
         self.store = store
+        self.remote = remote
         self.resolver = Resolver(store, offline=offline)
         self.report_failures = report_failures   # under plain doit, nobody else will say what failed
         self.recipes = recipes
@@ -165,12 +168,54 @@ class Graph:
         return digest
 
     def make_build(self, recipe: Recipe) -> None:
+        if self.take(recipe):
+            return
         stages = self.stages(recipe)
         stage = stages["build"]
         box = layers.build_box(self.store, recipe, stages, self.resolver.known(recipe).pins())
+        made_here = not self.store.intact(stage.kind, box.key)
         self.store.ensure(stage.kind, box.key, lambda tmp: build.make(
             self.ctx, recipe, box.layers, tmp, box.inputs, announce(self.store, recipe, stage), fetched=box.fetched),
             inputs=stage.document)
+        if made_here and self.remote and self.remote.config.push:
+            self.remote.push(self.store, recipe.name, box.key)
+
+    # -- the remote cache -------------------------------------------------------------------
+    def wanted(self, recipe: Recipe) -> Wanted | None:
+        """The recipe's build entry, if its key is known and the local cache lacks it."""
+        stage = self.stages(recipe)["build"]
+        if not isinstance(stage.key, str) or stage.document is None or self.store.intact(stage.kind, stage.key):
+            return None
+        return Wanted(recipe.name, stage.key, stage.document)
+
+    def take(self, recipe: Recipe) -> bool:
+        """The recipe's build entry from the remote cache, if it has one this machine takes."""
+        wanted = self.wanted(recipe) if self.remote else None
+        if wanted is None:
+            return False
+        assert self.remote
+        found = self.remote.take(self.store, wanted, lambda files: build.check_taken(self.ctx, recipe, files))
+        if found:
+            log.say(f"build {recipe.name}: from remote cache ({found.said()})")
+        return found is not None
+
+    def take_locked(self) -> None:
+        """Before the graph runs: the locked recipes' build keys need nothing made here, so their
+        entries are looked up in one batch, and a hit leaves the stages below it out."""
+        if self.remote is None:
+            return
+        wanted = [w for w in (self.wanted(r) for r in self.recipes if r.lock) if w]
+        if wanted:
+            self.remote.look_up(wanted)
+            for recipe in self.recipes:
+                if recipe.lock:
+                    self.take(recipe)
+
+    def needs_stages_below(self, recipe: Recipe) -> bool:
+        """Whether the build stage stands on the stages below it this run: not for a locked
+        recipe whose build entry is there (made, or taken from the remote), as its key needs none."""
+        key = self.stages(recipe)["build"].key
+        return not (recipe.lock and isinstance(key, str) and self.store.intact("builds", key))
 
     def install_out(self, recipe: Recipe) -> None:
         stage = self.stages(recipe)["build"]
@@ -215,6 +260,7 @@ class Graph:
                 sets_.setdefault(stage.key, (spec, stage, pinned[index], where, recipe))   # type: ignore[arg-type]
         bases = {every[r.name]["base"].key: r for r in self.recipes}
         layer_tasks = {every[r.name]["layer"].key: r for r in self.recipes}
+        below = {r.name: self.needs_stages_below(r) for r in self.recipes}
 
         def base_task(recipe: Recipe) -> str:
             # A locked base is named by its key too: recipes may lock one base differently.
@@ -249,11 +295,12 @@ class Graph:
                        "doc": f"packages for {recipe.name}"}
 
         def per_recipe(stage: str, work: Callable[[Recipe], None], check: Callable[[Recipe], bool],
-                       dep: Callable[[Recipe], str], recipes: list[Recipe] | None = None) -> Iterator[dict[str, Any]]:
+                       dep: Callable[[Recipe], str | None], recipes: list[Recipe] | None = None) -> Iterator[dict[str, Any]]:
             for recipe in self.recipes if recipes is None else recipes:
+                below = dep(recipe)
                 yield {"name": recipe.name,
                        "actions": [self._action(f"{stage}:{recipe.name}", lambda r=recipe: work(r))],
-                       "task_dep": [dep(recipe)],
+                       "task_dep": [below] if below else [],
                        "uptodate": [lambda r=recipe: check(r)],
                        "doc": f"{stage} of {recipe.path}"}
 
@@ -270,7 +317,7 @@ class Graph:
         def task_build() -> Iterator[dict[str, Any]]:
             """Builds: the recipe's script as the build user, checked, cached."""
             yield from per_recipe("build", self.make_build, lambda r: self._intact(r, "build"),
-                                  lambda r: f"{'fetch' if r.fetch else 'source'}:{r.name}")
+                                  lambda r: f"{'fetch' if r.fetch else 'source'}:{r.name}" if below[r.name] else None)
 
         def task_out() -> Iterator[dict[str, Any]]:
             """Artifacts and manifest put at out/NAME/."""
@@ -323,6 +370,8 @@ class Graph:
         self.reap()
         argv = ["run", "--continue", "-n", str(jobs), "-P", "thread", *(f"{stage}:{r.name}" for r in self.recipes)]
         with self.store.in_use():
+            if stage == "out":
+                self.take_locked()
             code = DoitMain(ModuleTaskLoader(self.namespace()), config_filenames=()).run(argv)
             for recipe in self.recipes:
                 self.remember(recipe)

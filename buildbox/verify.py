@@ -126,13 +126,16 @@ def digests(path: Path) -> dict[str, str]:
     return manifest.digests()
 
 
-def compare(ctx: Context, recipe: Recipe, box: Any, against: Path | None) -> list[str]:
-    """Build (twice, or once against a manifest) over the recipe's build box (layers.BuildBox:
-    its layers, fetched tree and manifest inputs; its stages made), and return a line per
-    difference; [] if identical."""
+def compare(ctx: Context, recipe: Recipe, box: Any, against: Path | dict[str, str] | None,
+            built: dict[str, str] | None = None) -> list[str]:
+    """Build (twice, or once against a manifest or another machine's digests) over the recipe's
+    build box (layers.BuildBox: its layers, fetched tree and manifest inputs; its stages made),
+    and return a line per difference; [] if identical. `built` gets the last build's digests."""
     builds: list[Path] = []
     try:
-        if against:
+        if isinstance(against, dict):
+            theirs, first = against, None
+        elif against:
             theirs = digests(against)
             first = None
         else:
@@ -143,6 +146,8 @@ def compare(ctx: Context, recipe: Recipe, box: Any, against: Path | None) -> lis
         with host_conditions(VARIATIONS[1]):
             second = build_fresh(ctx, recipe, box, "second", builds, VARIATIONS[1])
         ours = digests(second / MANIFEST)
+        if built is not None:
+            built.update(ours)
         lines = []
         for rel in sorted(set(theirs) | set(ours)):
             if rel not in ours or rel not in theirs:

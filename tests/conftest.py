@@ -68,7 +68,7 @@ class Workspace:
     def buildbox(self, *args: str | Path, check: int | None = 0) -> subprocess.CompletedProcess[str]:
         """Run the buildbox command here; check the exit status unless check is None."""
         argv = [sys.executable, "-m", "buildbox", *map(str, args)]
-        if args and args[0] in ("run", "lock", "list", "verify", "shell") and "--cache" not in args:
+        if args and args[0] in ("run", "lock", "list", "verify", "shell", "push") and "--cache" not in args:
             argv += ["--cache", str(self.cache)]
         result = subprocess.run(argv, cwd=self.root, capture_output=True, text=True,
                                 env=dict(os.environ, PYTHONPATH=str(REPO)))

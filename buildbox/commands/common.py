@@ -65,3 +65,33 @@ def human(size: float) -> str:
             return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
         size /= 1024
     return ""
+
+
+def config_flag(parser) -> None:
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="the settings file (default: $BUILDBOX_CONFIG, else ./buildbox.toml if there)")
+
+
+def remote_flags(parser, *, listing: bool = False) -> None:
+    """--remote URL and --no-remote; for `list`, --remote alone asks the configured remote."""
+    config_flag(parser)
+    if listing:
+        parser.add_argument("--remote", nargs="?", const="", default=None, metavar="URL",
+                            help="also ask the remote cache (the configured one, or URL) what it has")
+    else:
+        parser.add_argument("--remote", metavar="URL", help="the remote cache (overrides buildbox.toml)")
+    parser.add_argument("--no-remote", action="store_true", help="use no remote cache")
+
+
+def open_remote(args, *, push: bool = False, use: bool = True):
+    """The remote cache the command uses (None without one, or if not `use`), from buildbox.toml
+    (read and checked in any case) and the flags."""
+    from buildbox import config
+    settings = config.load(args.config)
+    if not use:
+        return None
+    found = config.remote(settings, url=args.remote or None, off=args.no_remote, push=push)
+    if found is None:
+        return None
+    from buildbox.remote import RemoteCache
+    return RemoteCache(found)

@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 from buildbox import log
-from buildbox.commands.common import human, load
+from buildbox.errors import InputError
+from buildbox.commands.common import human, load, open_remote, remote_flags
 
 
 def add(commands, common) -> None:
@@ -17,6 +18,7 @@ def add(commands, common) -> None:
                         help="recipe files (default: recipes/*.toml)")
     lister.add_argument("--out", type=Path, default=Path("out"))
     lister.add_argument("--keys", action="store_true", help="print every stage's key: STAGE NAME KEY")
+    remote_flags(lister, listing=True)
     common(lister)
 
 
@@ -30,8 +32,13 @@ def main(args: argparse.Namespace) -> int:
 
     paths = args.recipes or find_recipes(Path("recipes"))
     recipes = load(paths)
+    # Offline unless asked: --remote (the configured remote, or URL) adds what the remote has.
+    remote = open_remote(args, use=args.remote is not None and not args.no_remote)
+    if args.remote is not None and remote is None and not args.no_remote:
+        raise InputError("list --remote: no remote cache is configured", hint="give --remote URL, or set [remote] url in buildbox.toml")
     graph = Graph(Store(args.cache, read_only=True), recipes, args.out, offline=True)
     store = graph.store
+    on_remote = remote_view(remote, graph, recipes) if remote else {}
     if args.keys:
         for recipe in recipes:
             for stage in graph.stages(recipe).values():
@@ -61,8 +68,27 @@ def main(args: argparse.Namespace) -> int:
                   "it may have moved since (`buildbox run` resolves it again; a lock pins it)")
         if why:
             print(f"    why: {log.escaped(why)}")
+        if recipe.name in on_remote:
+            print(f"    remote: {on_remote[recipe.name]}")
     if store.root.is_dir():
         sizes = {kind: tree_size(store.root / kind) for kind in (*KINDS, "debs")}
         print("cache: " + ", ".join(f"{kind} {human(size)}" for kind, size in sizes.items() if size)
               + f"; {human(sum(sizes.values()))} in all")
     return 0
+
+
+def remote_view(remote, graph, recipes) -> dict[str, str]:
+    """What the remote has of each recipe's build, asked in one batch: signer and reproductions."""
+    from buildbox.remote import Wanted
+    wanted = {}
+    for recipe in recipes:
+        stage = graph.stages(recipe)["build"]
+        if isinstance(stage.key, str) and stage.document is not None:
+            wanted[recipe.name] = Wanted(recipe.name, stage.key, stage.document)
+    found = remote.look_up(list(wanted.values()))
+    view = {name: "not resolved yet: build it first" for name in (r.name for r in recipes) if name not in wanted}
+    for name, w in wanted.items():
+        hit = found[w.key]
+        view[name] = (f"has it ({hit.said()})" if hit else
+                      "unreachable" if remote.down else "does not have it (or refused it: see the warning)")
+    return view

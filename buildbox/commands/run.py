@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from buildbox import log
-from buildbox.commands.common import load, need_root, relock, stop_on_signals
-from buildbox.errors import InputError
+from buildbox.commands.common import load, need_root, open_remote, relock, remote_flags, stop_on_signals
+from buildbox.errors import BuildFailed, InputError
 
 
 def add(commands, common) -> None:
@@ -19,6 +19,10 @@ def add(commands, common) -> None:
     run.add_argument("-q", "--quiet", action="store_true", help="don't stream the build log")
     run.add_argument("--refresh", action="store_true",
                      help="first resolve each recipe afresh and rewrite its lock (as `buildbox lock` does)")
+    remote_flags(run)
+    run.add_argument("--push", action="store_true", help="push what this run builds to the remote cache")
+    run.add_argument("--push-required", action="store_true",
+                     help="as --push, and exit 1 if a push does not land")
     common(run)
 
 
@@ -33,12 +37,13 @@ def main(args: argparse.Namespace) -> int:
     recipes = load(args.recipes, locked=not args.refresh)
     for recipe in recipes:
         secrets(recipe)   # an unset secret is bad input, said before anything runs
+    remote = open_remote(args, push=args.push or args.push_required)
     need_root()
     log.quiet = args.quiet
     stop_on_signals()
     if args.refresh:
         recipes = relock(Store(args.cache), recipes)
-    graph = Graph(Store(args.cache), recipes, args.out, keep=args.keep, stream=not args.quiet)
+    graph = Graph(Store(args.cache), recipes, args.out, keep=args.keep, stream=not args.quiet, remote=remote)
     graph.run(args.jobs)
     for recipe in recipes:
         out = graph.out_dir(recipe)
@@ -46,4 +51,7 @@ def main(args: argparse.Namespace) -> int:
         assert manifest is not None, f"{out} has no manifest after its out stage"
         for rel, fact in manifest.artifacts.items():
             print(f"{fact.sha256}  {log.escaped(str(out / rel))}")   # one line per artifact, whatever its name
+    if args.push_required and remote and remote.failures:
+        log.error(BuildFailed(f"{len(remote.failures)} push(es) did not land (--push-required)"))
+        return 1
     return 0

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from buildbox import log
-from buildbox.commands.common import load, need_root
-from buildbox.errors import InputError
+from buildbox.commands.common import load, need_root, open_remote, remote_flags
+from buildbox.errors import BuildFailed, InputError
 
 
 def add(commands, common) -> None:
@@ -15,6 +15,10 @@ def add(commands, common) -> None:
     verify.add_argument("recipe", type=Path, metavar="RECIPE")
     verify.add_argument("--against", type=Path, metavar="MANIFEST",
                         help="compare one fresh build with this manifest (e.g. the nightly's)")
+    verify.add_argument("--against-remote", action="store_true",
+                        help="compare one fresh build with the remote cache's entry; with a signing key, "
+                             "publish an attestation when they are identical")
+    remote_flags(verify)
     common(verify)
 
 
@@ -32,15 +36,36 @@ def main(args: argparse.Namespace) -> int:
         if not is_manifest(args.against):
             raise InputError(f"--against {args.against}: not a buildbox manifest",
                              hint="give the manifest.json of a build's out/NAME/")
+    if args.against and args.against_remote:
+        raise InputError("--against and --against-remote: give one of them")
+    remote = open_remote(args, use=args.against_remote)
+    if args.against_remote and remote is None:
+        raise InputError("--against-remote: no remote cache is configured",
+                         hint="give --remote URL, or set [remote] url in buildbox.toml")
     need_root()
     log.quiet = True
     graph = Graph(Store(args.cache), [recipe], Path("out"), stream=False)
     graph.run(stage="fetch" if recipe.fetch else "source")
-    differences = compare(graph.ctx, recipe, graph.build_box(recipe), args.against)
+    box = graph.build_box(recipe)
+    against: Path | dict[str, str] | None = args.against
+    if remote:
+        from buildbox.remote import Wanted
+        stage = graph.stages(recipe)["build"]
+        found = remote.look_up([Wanted(recipe.name, box.key, stage.document)])[box.key]
+        if found is None:
+            raise BuildFailed(f"verify --against-remote: the remote cache has no entry for {recipe.name} "
+                              f"(build key {box.key[:12]}) this machine takes",
+                              hint="push one first (buildbox run --push), or trust its signer")
+        against = found.entry.digests()
+        log.say(f"verify: comparing with the remote's build ({found.said()})")
+    built: dict[str, str] = {}
+    differences = compare(graph.ctx, recipe, box, against, built)
     if differences:
         for line in differences:
             print(log.printable(f"differs: {line}"))
         print(f"verify: {recipe.name} is not reproducible: {len(differences)} artifact(s) differ")
         return 1
     print(f"verify: {recipe.name} is reproducible: every artifact identical across the builds")
+    if remote and remote.config.signing_key:
+        return 0 if remote.attest(recipe.name, box.key, built) else 1
     return 0
