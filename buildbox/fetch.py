@@ -50,6 +50,36 @@ def make(ctx: Context, recipe: Recipe, layers: list[Path], entry: Path, *, pinne
     return got
 
 
+def unpack(recipe: Recipe, tarball: Path, entry: Path, pinned: str) -> str:
+    """A fetched tree from another machine (the remote cache's fetch/<digest>.tar) at entry/tree,
+    unpacked as safely as a source tarball, normalised as a fetch's own, and digested again: only
+    the pinned digest is kept. Returns the digest."""
+    from buildbox.sets import extract
+    (entry / "tree").mkdir()
+    extract(tarball, entry / "tree", what=f"the fetched tree of {recipe.name} from the remote cache",
+            limits=recipe.unpack, owner=(0, 0))
+    normalise(entry / "tree")
+    got = tree_sha256(entry / "tree")
+    if got != pinned:
+        raise BuildFailed(f"the fetched tree of {recipe.name} from the remote cache has sha256 {got}, "
+                          f"not the pinned {pinned}")
+    save_listing(entry / LISTING, entry / "tree")
+    write_meta(entry, {"sha256": got})
+    return got
+
+
+def pack(tree: Path, dest: Path) -> None:
+    """A fetched tree as a tarball (names sorted, owners 0:0) for the remote cache."""
+    import tarfile
+
+    def owned(member: tarfile.TarInfo) -> tarfile.TarInfo:
+        member.uid = member.gid = 0
+        member.uname = member.gname = ""
+        return member
+    with tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as tar:
+        tar.add(tree, arcname=".", filter=owned)
+
+
 def last_listing(store: Store, recipe: Recipe) -> Path:
     """The listing of the tree the recipe fetched last (beside, not in, the recipes' run records)."""
     return store.dir("recipes") / f"{recipe.name}.fetch-listing"

@@ -526,7 +526,7 @@ CACHEDIR_TAG_TEXT = ("Signature: 8a477f597d28d172789f06886806bc55\n"
 # uid (1000) is often a real user on the host, who could otherwise edit a cached base's dotfiles
 # (or a running build's sources) and so run code in every later build. And the logs: what a
 # build prints is its own business (a token it echoes, paths of the host it was given).
-PRIVATE = ("bootstraps", "bases", "layers", "sources", "fetches", "builds", "boxes", "failed", "verify", "logs")
+PRIVATE = ("bootstraps", "bases", "layers", "sources", "fetches", "builds", "boxes", "failed", "verify", "logs", "tmp")
 # All that buildbox puts at a cache's top level (.keep: the checkout's empty ./cache).
 BUILDBOX_TOP_LEVEL = {*KINDS, *PRIVATE, "debs", "logs", "locks", "installed", "records", "recipes", "doit.sqlite3", MARKER,
                       CACHEDIR_TAG, ".keep"}

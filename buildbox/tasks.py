@@ -142,6 +142,11 @@ class Graph:
             return
         stages = self.stages(recipe)
         pinned, by = fetch_pin(recipe)
+        if pinned and self.remote and self.remote.take_fetch(self.store, recipe.name, pinned, lambda tar, tmp: fetch.unpack(
+                recipe, tar, tmp, pinned)):
+            log.say(f"fetch {recipe.name}: from remote cache (sha256 {pinned[:12]}, digested again)")
+            self.file_fetch(recipe, stages, pinned)
+            return
         line = why_fetch(self.store, recipe, stages["fetch"], pinned)
         log.say(line)
         digest = self.fetch_afresh(recipe, stages, pinned, by, line)
@@ -161,11 +166,15 @@ class Graph:
                                 pinned=pinned, by=by, why=why)
             return digest
         self.store.add("fetches", make)
+        self.file_fetch(recipe, stages, digest)
+        return digest
+
+    def file_fetch(self, recipe: Recipe, stages: dict[str, Stage], digest: str) -> None:
+        """Record the fetched tree `digest` as the recipe's fetch for these inputs."""
         fetch.keep_listing(self.store, recipe, digest)
         document = stages["fetch"].document
         assert document is not None
         record_fetch(self.store, recipe, FetchRecord(keys.key(document), digest, document))
-        return digest
 
     def make_build(self, recipe: Recipe) -> None:
         if self.take(recipe):
@@ -178,7 +187,12 @@ class Graph:
             self.ctx, recipe, box.layers, tmp, box.inputs, announce(self.store, recipe, stage), fetched=box.fetched),
             inputs=stage.document)
         if made_here and self.remote and self.remote.config.push:
-            self.remote.push(self.store, recipe.name, box.key)
+            self.remote.push(self.store, recipe.name, box.key, fetched=self.fetched_digest(recipe))
+
+    def fetched_digest(self, recipe: Recipe) -> str | None:
+        """The digest of the tree the recipe's build stands on (None without a [fetch])."""
+        key = self.stages(recipe)["fetch"].key if recipe.fetch else None
+        return key if isinstance(key, str) else None
 
     # -- the remote cache -------------------------------------------------------------------
     def wanted(self, recipe: Recipe) -> Wanted | None:

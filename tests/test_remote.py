@@ -408,3 +408,27 @@ def test_a_signed_record_never_writes_outside_its_entry(tmp_path: Path, keys: di
     with pytest.raises(Refused, match="not this machine's"):
         other = {**document, "inputs": {"script": "false"}}
         check_record(record({"files/tool": fact}), key, other, trusted)
+
+
+def test_a_pinned_fetched_tree_comes_from_the_remote_when_the_cache_lacks_it(
+        workspace: Workspace, nginx: Nginx, keys: dict[str, str]) -> None:
+    fetch = "[fetch]\nscript = '''\necho 'dependency {run}' > $FETCH/dep\n'''\n"
+    recipe = shell_recipe(workspace, "fetcher", f"# {RUN}\ncp $FETCH/dep $OUT/dep")
+    text = recipe.read_text()
+    recipe.write_text(text + fetch.format(run=RUN))
+    first = workspace.buildbox("run", recipe, "--config", config(workspace, "a", nginx.url, keys, sign="farm1", push=True))
+    digest = next(line.split()[-1] for line in first.stderr.splitlines() if line.startswith("fetch fetcher: sha256 "))
+    assert (nginx.root / "fetch" / f"{digest}.tar").is_file()
+    # Pinned now, by a fetch that could not run again: the tree must come from the remote.
+    recipe.write_text(text + f"[fetch]\nscript = 'exit 1'\nsha256 = \"{digest}\"\n")
+    Store(workspace.cache).remove_entry("fetches", digest)
+    result = workspace.buildbox("run", recipe, "--config", config(workspace, "b", nginx.ro, keys))
+    assert f"fetch fetcher: from remote cache (sha256 {digest[:12]}" in result.stderr, result.stderr
+    assert (workspace.root / "out/fetcher/dep").read_text() == f"dependency {RUN}\n"
+    # A tarball that is not the pinned tree is refused, and the fetch runs here (and fails: exit 1).
+    Store(workspace.cache).remove_entry("fetches", digest)
+    tar = nginx.root / "fetch" / f"{digest}.tar"
+    subprocess.run(["tar", "-C", workspace.root, "-cf", tar, "recipes"], check=True)
+    refused = workspace.buildbox("run", recipe, "--config", config(workspace, "b", nginx.ro, keys), check=1)
+    assert f"remote cache's fetched tree for fetcher (sha256 {digest[:12]}) refused" in refused.stderr
+    assert "Traceback" not in refused.stderr

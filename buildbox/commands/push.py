@@ -33,7 +33,7 @@ def main(args: argparse.Namespace) -> int:
         if not isinstance(key, str) or not graph.store.intact("builds", key):
             missing.append(recipe.name)
             continue
-        remote.push(graph.store, recipe.name, key)
+        remote.push(graph.store, recipe.name, key, fetched=graph.fetched_digest(recipe))
     if missing:
         raise BuildFailed(f"push: the cache holds no build of {', '.join(missing)} for its current inputs",
                           hint="run `buildbox run` on it first")

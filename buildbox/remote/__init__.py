@@ -31,6 +31,7 @@ from buildbox.constants import EPOCH
 from buildbox.store import Store, file_sha256
 
 PARALLEL = 8
+MAX_TREE = 20 << 30   # bytes of a fetched tree's tarball (a tree unpacks within the recipe's [limits] too)
 
 
 @dataclass(frozen=True)
@@ -166,9 +167,9 @@ class RemoteCache:
         return found
 
     # -- writing -----------------------------------------------------------------------------
-    def push(self, store: Store, name: str, key: str) -> bool:
-        """Push the build entry: its blobs, then its signed record, never over another record.
-        False, said as a warning, if it did not land."""
+    def push(self, store: Store, name: str, key: str, *, fetched: str | None = None) -> bool:
+        """Push the build entry: its blobs (and the fetched tree it stands on, as a tarball), then
+        its signed record, never over another record. False, said as a warning, if it did not land."""
         assert self.config.signing_key is not None
         if self.down is not None:   # said once already
             self.failures.append(f"push {name}: not pushed: the remote cache is unreachable ({self.down})")
@@ -181,6 +182,8 @@ class RemoteCache:
                 path = f"cas/{fact['sha256']}"
                 if not self.transport.exists(path):
                     self.transport.put(path, entry / rel, once=True)
+            if fetched and store.intact("fetches", fetched) and not self.transport.exists(f"fetch/{fetched}.tar"):
+                self._push_tree(store, fetched)
             there = self.transport.get(ac(key), MAX_RECORD)
             if there is None and self.transport.put(ac(key), record, once=True):
                 there = self.transport.get(ac(key), MAX_RECORD)   # read back: a server may ignore If-None-Match
@@ -199,6 +202,46 @@ class RemoteCache:
             log.say(f"push {name}: the remote cache has build key {key[:12]} already, with the same bits")
             return True
         return self._failed(f"remote has different bits for {name} (build key {key}): not overwritten")
+
+    def _push_tree(self, store: Store, digest: str) -> None:
+        from buildbox.fetch import pack
+        folder = store.dir("tmp")
+        tarball = folder / f"fetch-{digest}-{os.getpid()}-{threading.get_ident()}.tar"
+        try:
+            pack(store.entry("fetches", digest) / "tree", tarball)
+            self.transport.put(f"fetch/{digest}.tar", tarball, once=True)
+        finally:
+            tarball.unlink(missing_ok=True)
+
+    def take_fetch(self, store: Store, name: str, digest: str, unpack: Callable[[Path, Path], str]) -> bool:
+        """The fetched tree `digest` from the remote's fetch/<digest>.tar, unpacked and digested
+        again by unpack(tarball, entry); False (a refusal said) if it is not there or not that tree."""
+        if self.down is not None:
+            return False
+
+        def make(tmp: Path) -> str:
+            tarball = tmp / "fetched.tar"
+            if not self.transport.download(f"fetch/{digest}.tar", tarball, MAX_TREE):
+                raise LookupError("missing")
+            if tarball.stat().st_size > MAX_TREE:
+                raise Refused(f"its tarball is over {MAX_TREE >> 30} GiB")
+            try:
+                return unpack(tarball, tmp)
+            finally:
+                tarball.unlink(missing_ok=True)
+        try:
+            store.add("fetches", make)
+        except LookupError:
+            return False
+        except Unreachable as err:
+            self._unreachable(err)
+            return False
+        except Interrupted:
+            raise
+        except (Refused, BuildboxError, OSError) as err:
+            log.warn(f"remote cache's fetched tree for {name} (sha256 {digest[:12]}) refused: {err}; fetching it here")
+            return False
+        return True
 
     def attest(self, name: str, key: str, digests: dict[str, str]) -> bool:
         """Publish this machine's signed "rebuilt `key`, got these digests"."""
