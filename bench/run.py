@@ -280,8 +280,12 @@ def bench_verify(store: Store, planner: Planner, recipe) -> None:
     elf_time = median_time(lambda: verify_on_host(recipe, files), 5)
     layers = planner.stack(recipe, "layer")
     with Box(store, layers, label="bench") as box:
+        def put(root: Path) -> None:   # as the box's root: the box's tree holds box ids
+            (root / "build" / "out").mkdir(parents=True, exist_ok=True)
+            shutil.copy(files / "big", root / "build" / "out" / "big")
+        files.chmod(0o755)
+        box.as_root(put)
         inside = box.path("/build/out/big")
-        shutil.copy(files / "big", inside)
         ldd_time = median_time(lambda: check_in_box(box, {"big": inside}), 5)
     size = (files / "big").stat().st_size >> 20
     row(f"verify a {size} MB binary (pyelftools + ldd)", elf_time + ldd_time, "s", "-", None, "<= 0.2 s",

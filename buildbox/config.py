@@ -51,9 +51,11 @@ class Config:
 
 
 def shown_url(url: str) -> str:
+    """url without its user and password."""
     parts = urlparse(url)
-    return parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")).geturl() \
-        if parts.hostname and "@" in parts.netloc else url
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc="…@" + parts.netloc.rpartition("@")[2]).geturl()
 
 
 def find(flag: Path | None) -> Path | None:
@@ -84,7 +86,7 @@ def load(flag: Path | None = None) -> Config:
     url = table["url"]
     problem = url_problem(url)
     if problem:
-        doc.fail(section, "url", f"url {url!r} {problem}", 'write url = "https://HOST/PATH" or "s3://BUCKET/PREFIX"')
+        doc.fail(section, "url", f"url {shown_url(url)!r} {problem}", 'write url = "https://HOST/PATH" or "s3://BUCKET/PREFIX"')
     endpoint = table.get("endpoint")
     if endpoint is not None and (urlparse(endpoint).scheme not in ("http", "https") or not urlparse(endpoint).netloc):
         doc.fail(section, "endpoint", f"endpoint {endpoint!r} is not an http(s) URL", 'write endpoint = "http://127.0.0.1:9000"')
@@ -105,7 +107,13 @@ def load(flag: Path | None = None) -> Config:
             if not file.is_file():
                 doc.fail(section, "trusted-keys", f"trusted-keys entry {item!r} is neither NAME:BASE64 (32 bytes) nor a file",
                          "give a NAME.pub line as `buildbox key generate` writes it, or the path of a file of them")
-            for number, line in enumerate(file.read_text().splitlines(), start=1):
+            try:
+                text = file.read_text()
+            except (OSError, UnicodeError) as err:
+                raise InputError(f"trusted-keys file {file} cannot be read ({getattr(err, 'strerror', None) or 'not text'})",
+                                 where=f"{path}:{doc.line_of(section, 'trusted-keys')}",
+                                 hint="name a file of NAME:BASE64 lines") from None
+            for number, line in enumerate(text.splitlines(), start=1):
                 if line.strip() and not line.lstrip().startswith("#"):
                     found = parse_public(line)
                     if found is None:
@@ -120,6 +128,10 @@ def load(flag: Path | None = None) -> Config:
 
 def url_problem(url: str) -> str | None:
     parts = urlparse(url)
+    try:
+        parts.port   # raises on a port that is not a number from 0 to 65535
+    except ValueError:
+        return "has a port that is not a number from 1 to 65535"
     if parts.scheme in ("http", "https") and parts.hostname:
         return None
     if parts.scheme == "s3" and re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,62}", parts.netloc or ""):
@@ -135,7 +147,7 @@ def remote(config: Config, *, url: str | None = None, off: bool = False, push: b
     if url:
         problem = url_problem(url)
         if problem:
-            raise InputError(f"--remote {url!r} {problem}", hint="give --remote https://HOST/PATH or s3://BUCKET/PREFIX")
+            raise InputError(f"--remote {shown_url(url)!r} {problem}", hint="give --remote https://HOST/PATH or s3://BUCKET/PREFIX")
         found = replace(found, url=url, where="--remote") if found else Remote(url, where="--remote")
     if push:
         if found is None:

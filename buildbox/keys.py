@@ -31,9 +31,14 @@ def document(kind: str, inputs: dict[str, Any]) -> dict[str, Any]:
     return {"format": FORMAT, "kind": kind, "inputs": inputs}
 
 
+def canonical(doc: dict[str, Any]) -> bytes:
+    """A document's canonical JSON: keys sorted, no spaces (what keys and signatures are made of)."""
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
 def key(doc: dict[str, Any]) -> str:
     """The key of a stage: the sha256 of the canonical JSON of its key document."""
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return hashlib.sha256(canonical(doc)).hexdigest()
 
 
 def content_key(kind: str, inputs: dict[str, Any]) -> str:

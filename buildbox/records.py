@@ -93,12 +93,19 @@ class Manifest:
         try:
             if not path.is_file():
                 return None
-            data = json.loads(path.read_text())
+            return cls.read_document(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            return None
+
+    @classmethod
+    def read_document(cls, data: Any) -> Manifest | None:
+        """A manifest's parsed JSON as a Manifest, or None if it is not one buildbox wrote."""
+        try:
             return cls(str(data["recipe"]), str(data["key"]),
                        {str(rel): Artifact(str(fact["sha256"]), int(fact.get("size", 0)))
                         for rel, fact in data["artifacts"].items()},
                        dict(data.get("inputs", {}).get("entries", {})))
-        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        except (ValueError, TypeError, KeyError, AttributeError):
             return None
 
     @staticmethod

@@ -83,8 +83,8 @@ def load_signing_key(path: Path, where: str) -> SigningKey:
     try:
         st = path.stat()
         text = path.read_text().strip() if stat.S_ISREG(st.st_mode) else ""
-    except OSError as err:
-        raise InputError(f"signing-key {path}: {err.strerror}", where=where,
+    except (OSError, UnicodeError) as err:
+        raise InputError(f"signing-key {path}: {getattr(err, 'strerror', None) or 'not a text file'}", where=where,
                          hint="name the .key file `buildbox key generate NAME` wrote") from None
     if st.st_mode & 0o077:
         raise InputError(f"signing-key {path} can be read by other users (mode {stat.S_IMODE(st.st_mode):04o})",

@@ -143,7 +143,7 @@ class Graph:
         stages = self.stages(recipe)
         pinned, by = fetch_pin(recipe)
         if pinned and self.remote and self.remote.take_fetch(self.store, recipe.name, pinned, lambda tar, tmp: fetch.unpack(
-                recipe, tar, tmp, pinned)):
+                recipe, tar, tmp, pinned), limit=recipe.unpack.unpacked):
             log.say(f"fetch {recipe.name}: from remote cache (sha256 {pinned[:12]}, digested again)")
             self.file_fetch(recipe, stages, pinned)
             return
@@ -197,10 +197,15 @@ class Graph:
     # -- the remote cache -------------------------------------------------------------------
     def wanted(self, recipe: Recipe) -> Wanted | None:
         """The recipe's build entry, if its key is known and the local cache lacks it."""
+        found = self.wanted_of(recipe)
+        return None if found is None or self.store.intact("builds", found.key) else found
+
+    def wanted_of(self, recipe: Recipe) -> Wanted | None:
+        """The recipe's build entry as the remote is asked for it, if its key is known."""
         stage = self.stages(recipe)["build"]
-        if not isinstance(stage.key, str) or stage.document is None or self.store.intact(stage.kind, stage.key):
+        if not isinstance(stage.key, str) or stage.document is None:
             return None
-        return Wanted(recipe.name, stage.key, stage.document)
+        return Wanted(recipe.name, stage.key, stage.document, recipe.limits.artifacts + (1 << 20))
 
     def take(self, recipe: Recipe) -> bool:
         """The recipe's build entry from the remote cache, if it has one this machine takes."""

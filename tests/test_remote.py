@@ -119,15 +119,18 @@ def test_config_mistakes_exit_2_at_file_line(workspace: Workspace, keys: dict[st
         f'[remote]\nurl = "https://h/c"\nsigning-key = "{keys["dir"]}/farm1.pub"\n': ("buildbox.toml:3",
                                                                                  "can be read by other users"),
         '[remote]\nurl = "https://h/c"\nsigning-key = "pub-as-key"\n': ("buildbox.toml:3", "is not a secret key"),
+        '[remote]\nurl = "https://alice:hunter2@h:http/c"\n': ("buildbox.toml:2", "has a port that is not a number"),
+        '[remote]\nurl = "https://h/c"\ntrusted-keys = ["binary.pub"]\n': ("buildbox.toml:3", "cannot be read"),
     }
+    (workspace.root / "binary.pub").write_bytes(b"\xff\xfe\x00")
     shutil.copy(Path(keys["dir"]) / "farm1.pub", workspace.root / "pub-as-key")
     (workspace.root / "pub-as-key").chmod(0o600)
     for text, (where, words) in cases.items():
         (workspace.root / "buildbox.toml").write_text(text)
-        for argv in (("list", recipe), ("run", recipe), ("push", recipe)):
+        for argv in (("list", recipe), ("run", recipe), ("push", recipe), ("lock", recipe), ("verify", recipe)):
             result = workspace.buildbox(*argv, check=2)
             assert where in result.stderr and words in result.stderr, (text, argv, result.stderr)
-            assert "Traceback" not in result.stderr
+            assert "Traceback" not in result.stderr and "hunter2" not in result.stderr
     (workspace.root / "buildbox.toml").unlink()
     result = workspace.buildbox("run", recipe, "--push", "--remote", "http://127.0.0.1:9/c", check=2)
     assert "--push needs a signing key" in result.stderr
@@ -170,10 +173,12 @@ TAMPER = {
     "truncated blob": "is truncated",
     "missing blob": "is missing",
     "swapped manifest": "does not verify",
+    "a forged signature first": "",   # the good one after it still counts: taken
     "forged signature": "does not verify",
     "unsigned": "it is unsigned",
     "other document": "its document's sha256 is not its build key",
-    "manifest not its files": "its manifest names other artifacts or digests than its files",
+    "manifest not its files": "its manifest names other artifacts, digests or sizes than its files",
+    "nested too deep": "not JSON",
     "not JSON": "not JSON",
     "over 1 MiB": "over 1 MiB",
 }
@@ -206,6 +211,8 @@ def test_refused_entries_are_built_here(workspace: Workspace, nginx: Nginx, keys
             changed["manifest"]["artifacts"]["tool"]["sha256"] = "0" * 64
         elif case == "forged signature":
             changed["signatures"] = [f"farm1:{forger}"]
+        elif case == "a forged signature first":
+            changed["signatures"] = [f"farm1:{forger}", *record["signatures"]]
         elif case == "unsigned":
             del changed["signatures"]
         elif case in ("other document", "manifest not its files"):   # signed by farm1 itself, yet wrong
@@ -215,7 +222,9 @@ def test_refused_entries_are_built_here(workspace: Workspace, nginx: Nginx, keys
                 changed["manifest"]["artifacts"]["tool"]["sha256"] = "0" * 64
             body = {k: v for k, v in changed.items() if k not in ("signatures", "signer")}
             changed = json.loads(signed(body, load_signing_key(Path(keys["dir"]) / "farm1.key", "test")))
-        if case == "not JSON":
+        if case == "nested too deep":
+            nginx.ac(key).write_bytes(b"[" * 200_000 + b"]" * 200_000)
+        elif case == "not JSON":
             nginx.ac(key).write_bytes(b"<html>not json</html>")
         elif case == "over 1 MiB":
             nginx.ac(key).write_bytes(b" " * (1 << 20) + original)
@@ -223,6 +232,10 @@ def test_refused_entries_are_built_here(workspace: Workspace, nginx: Nginx, keys
             nginx.ac(key).write_text(json.dumps(changed))
         drop_build(workspace.cache, key)
         result = workspace.buildbox("run", recipe, "--config", stranger_only if case == "untrusted" else consumer)
+        if not reason:
+            assert "build refused: from remote cache (signed by farm1)" in result.stderr, (case, result.stderr)
+            assert digest_line(result) == right
+            continue
         assert f"remote cache entry for refused (build key {key[:12]}) refused: " in result.stderr, (case, result.stderr)
         assert reason in result.stderr, (case, result.stderr)
         assert "from remote cache" not in result.stderr and "build" in ran(result), case
@@ -394,13 +407,14 @@ def test_a_signed_record_never_writes_outside_its_entry(tmp_path: Path, keys: di
     fact = {"sha256": "a" * 64, "size": 1, "mode": 0o644}
 
     def record(files: dict, manifest_key: str = key) -> bytes:
-        manifest = {"key": manifest_key, "build_key": manifest_key,
-                    "artifacts": {rel.removeprefix("files/"): {"sha256": f["sha256"]} for rel, f in files.items()
-                                  if rel.startswith("files/")}}
+        manifest = {"recipe": "tool", "key": manifest_key, "build_key": manifest_key,
+                    "artifacts": {rel.removeprefix("files/"): {"sha256": f["sha256"], "size": f["size"]}
+                                  for rel, f in files.items() if rel.startswith("files/")}}
         return signed({"document": document, "manifest": manifest, "files": files}, farm1)
 
     assert check_record(record({"files/tool": fact}), key, document, trusted).digests() == {"tool": "a" * 64}
-    for bad in ("files/../../../etc/cron.d/x", "/etc/passwd", "files/./x", "manifest.json", "files//x", ""):
+    for bad in ("files/../../../etc/cron.d/x", "/etc/passwd", "files/./x", "manifest.json", "files//x", "",
+                "files/\udcff", "files/a\nb"):
         with pytest.raises(Refused, match="file list is malformed"):
             check_record(record({bad: fact}), key, document, trusted)
     with pytest.raises(Refused, match="another build's"):

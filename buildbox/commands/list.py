@@ -79,12 +79,7 @@ def main(args: argparse.Namespace) -> int:
 
 def remote_view(remote, graph, recipes) -> dict[str, str]:
     """What the remote has of each recipe's build, asked in one batch: signer and reproductions."""
-    from buildbox.remote import Wanted
-    wanted = {}
-    for recipe in recipes:
-        stage = graph.stages(recipe)["build"]
-        if isinstance(stage.key, str) and stage.document is not None:
-            wanted[recipe.name] = Wanted(recipe.name, stage.key, stage.document)
+    wanted = {recipe.name: w for recipe in recipes if (w := graph.wanted_of(recipe))}
     found = remote.look_up(list(wanted.values()))
     view = {name: "not resolved yet: build it first" for name in (r.name for r in recipes) if name not in wanted}
     for name, w in wanted.items():

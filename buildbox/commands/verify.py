@@ -49,9 +49,9 @@ def main(args: argparse.Namespace) -> int:
     box = graph.build_box(recipe)
     against: Path | dict[str, str] | None = args.against
     if remote:
-        from buildbox.remote import Wanted
-        stage = graph.stages(recipe)["build"]
-        found = remote.look_up([Wanted(recipe.name, box.key, stage.document)])[box.key]
+        wanted = graph.wanted_of(recipe)
+        assert wanted is not None
+        found = remote.look_up([wanted])[box.key]
         if found is None:
             raise BuildFailed(f"verify --against-remote: the remote cache has no entry for {recipe.name} "
                               f"(build key {box.key[:12]}) this machine takes",

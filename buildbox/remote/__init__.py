@@ -36,10 +36,12 @@ MAX_TREE = 20 << 30   # bytes of a fetched tree's tarball (a tree unpacks within
 
 @dataclass(frozen=True)
 class Wanted:
-    """A build entry this run would take from the remote: its recipe's name, key and document."""
+    """A build entry this run would take from the remote: its recipe's name, key and document,
+    and the most bytes of files it may hold (the recipe's [limits] artifacts, with room for the rest)."""
     name: str
     key: str
     document: dict[str, Any]
+    limit: int = 8 << 30
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,10 @@ def att(key: str, name: str) -> str:
     return f"att/{key}/{name}.json"
 
 
+class _Missing(Exception):
+    """Not on the server: no warning, the stage runs here."""
+
+
 class RemoteCache:
     def __init__(self, config: Remote, transport: Transport | None = None) -> None:
         self.config = config
@@ -68,6 +74,7 @@ class RemoteCache:
         self.down: str | None = None       # why the server is not asked any more this run
         self.failures: list[str] = []      # pushes that did not land, said as warnings
         self.looked: dict[str, Found | None] = {}
+        self.taken: set[str] = set()
         self._lock = threading.Lock()
 
     # -- reading -----------------------------------------------------------------------------
@@ -101,6 +108,8 @@ class RemoteCache:
             self._refuse(wanted, str(err))
         except Unreachable as err:
             self._unreachable(err)
+        except Exception as err:   # whatever else a record's bytes provoke, it is only refused
+            self._refuse(wanted, f"its record is malformed ({type(err).__name__})")
         return None
 
     def _reproductions(self, entry: Entry) -> int:
@@ -123,9 +132,14 @@ class RemoteCache:
         """Make the build entry from the remote's record if it passes every check (check(files)
         runs the host's checks on its files); None, having said why, otherwise."""
         found = self.look_up([wanted])[wanted.key]
-        if found is None or self.down is not None:
-            return None
+        if found is None or self.down is not None or wanted.key in self.taken:
+            return None   # (taken once already this run: a second time would be the same bits)
+        self.taken.add(wanted.key)
         entry = found.entry
+        total = sum(fact["size"] for fact in entry.files.values())
+        if total > wanted.limit:
+            self._refuse(wanted, f"its files come to {total} bytes, past this recipe's limit ({wanted.limit})")
+            return None
 
         def fill(tmp: Path) -> None:
             for rel, fact in sorted(entry.files.items()):
@@ -160,9 +174,9 @@ class RemoteCache:
         except Unreachable as err:
             self._unreachable(err)
             return None
-        except OSError as err:   # a file list whose paths cannot all be written (a file where a folder is)
+        except (OSError, UnicodeError) as err:   # paths that cannot all be written (a file where a folder is)
             self.looked[wanted.key] = None
-            self._refuse(wanted, f"its files cannot be written here ({err.strerror})")
+            self._refuse(wanted, f"its files cannot be written here ({getattr(err, 'strerror', None) or err})")
             return None
         return found
 
@@ -175,7 +189,10 @@ class RemoteCache:
             self.failures.append(f"push {name}: not pushed: the remote cache is unreachable ({self.down})")
             return False
         entry = store.entry("builds", key)
-        record = entry_record(entry, key, self.config.signing_key)
+        try:
+            record = entry_record(entry, key, self.config.signing_key)
+        except Refused as err:
+            return self._failed(f"push {name}: not pushed: {err}")
         ours = json.loads(record)
         try:
             for rel, fact in sorted(ours["files"].items()):
@@ -213,7 +230,8 @@ class RemoteCache:
         finally:
             tarball.unlink(missing_ok=True)
 
-    def take_fetch(self, store: Store, name: str, digest: str, unpack: Callable[[Path, Path], str]) -> bool:
+    def take_fetch(self, store: Store, name: str, digest: str, unpack: Callable[[Path, Path], str],
+                   limit: int = MAX_TREE) -> bool:
         """The fetched tree `digest` from the remote's fetch/<digest>.tar, unpacked and digested
         again by unpack(tarball, entry); False (a refusal said) if it is not there or not that tree."""
         if self.down is not None:
@@ -221,17 +239,17 @@ class RemoteCache:
 
         def make(tmp: Path) -> str:
             tarball = tmp / "fetched.tar"
-            if not self.transport.download(f"fetch/{digest}.tar", tarball, MAX_TREE):
-                raise LookupError("missing")
-            if tarball.stat().st_size > MAX_TREE:
-                raise Refused(f"its tarball is over {MAX_TREE >> 30} GiB")
+            if not self.transport.download(f"fetch/{digest}.tar", tarball, limit):
+                raise _Missing()
+            if tarball.stat().st_size > limit:
+                raise Refused(f"its tarball is over {limit} bytes, the recipe's [limits] unpacked")
             try:
                 return unpack(tarball, tmp)
             finally:
                 tarball.unlink(missing_ok=True)
         try:
             store.add("fetches", make)
-        except LookupError:
+        except _Missing:
             return False
         except Unreachable as err:
             self._unreachable(err)
@@ -248,10 +266,14 @@ class RemoteCache:
         assert self.config.signing_key is not None
         signer = self.config.signing_key.name
         try:
-            self.transport.put(att(key, signer), attestation(key, digests, self.config.signing_key), once=False)
+            written = self.transport.put(att(key, signer), attestation(key, digests, self.config.signing_key),
+                                         once=False)
         except (Unreachable, WriteRefused) as err:
             return self._failed(f"verify {name}: attestation not published ({err})")
-        log.say(f"verify {name}: published the attestation of {signer} for build key {key[:12]}")
+        if written:
+            log.say(f"verify {name}: published the attestation of {signer} for build key {key[:12]}")
+        else:   # a write-once server keeps the first one
+            log.say(f"verify {name}: the remote cache has an attestation of {signer} for build key {key[:12]} already")
         return True
 
     def _failed(self, message: str) -> bool:

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from buildbox.keys import key as key_of
-from buildbox.records import MANIFEST
+from buildbox.keys import canonical, key as key_of
+from buildbox.records import MANIFEST, Manifest
 from buildbox.signing import PublicKey, SigningKey, parse_signature
 from buildbox.store import INPUTS, file_sha256
 
@@ -50,10 +50,6 @@ class Entry:
                 if rel.startswith("files/")}
 
 
-def canonical(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-
-
 def signed(body: dict[str, Any], key: SigningKey) -> bytes:
     """The record: body with its signer, signed; as the bytes to upload."""
     body = {**body, "signer": key.name}
@@ -73,13 +69,16 @@ def files_of(entry: Path) -> dict[str, dict[str, Any]]:
 
 
 def entry_record(entry: Path, key: str, key_pair: SigningKey) -> bytes:
-    """The signed ac record of a local build entry."""
+    """The signed ac record of a local build entry (refused if it would be too big to be taken)."""
     manifest = json.loads((entry / MANIFEST).read_text())
     for name in LOCAL_ONLY:
         manifest.pop(name, None)
     document = json.loads((entry / INPUTS).read_text())
     assert key_of(document) == key, f"build entry {key[:12]} has another key's document"
-    return signed({"document": document, "manifest": manifest, "files": files_of(entry)}, key_pair)
+    record = signed({"document": document, "manifest": manifest, "files": files_of(entry)}, key_pair)
+    if len(record) > MAX_RECORD:
+        raise Refused(f"its record would be {len(record) >> 10} KiB, over the {MAX_RECORD >> 20} MiB a taker reads")
+    return record
 
 
 def attestation(key: str, digests: dict[str, str], key_pair: SigningKey) -> bytes:
@@ -91,7 +90,7 @@ def _loads(raw: bytes) -> dict[str, Any]:
         raise Refused(f"its record is over {MAX_RECORD >> 20} MiB")
     try:
         data = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):   # RecursionError: nested deeper than Python parses
         raise Refused("its record is not JSON") from None
     if not isinstance(data, dict):
         raise Refused("its record is not a JSON object")
@@ -104,8 +103,8 @@ def _check_signature(data: dict[str, Any], trusted: dict[str, PublicKey], only: 
     if not signatures or not isinstance(signatures, list):
         raise Refused("it is unsigned")
     body = canonical({k: v for k, v in data.items() if k != "signatures"})
-    names = []
-    for text in signatures:
+    names, failed = [], []
+    for text in signatures:   # every one is tried: a bad signature put first vetoes nothing
         found = parse_signature(text) if isinstance(text, str) else None
         if found is None:
             continue
@@ -114,7 +113,9 @@ def _check_signature(data: dict[str, Any], trusted: dict[str, PublicKey], only: 
         if name in trusted and (only is None or name == only):
             if trusted[name].verifies(signature, body):
                 return name
-            raise Refused(f"its signature by {name} does not verify (forged or altered)")
+            failed.append(name)
+    if failed:
+        raise Refused(f"its signature by {failed[0]} does not verify (forged or altered)")
     if not names:
         raise Refused("it is unsigned (no well-formed signature)")
     raise Refused(f"it is signed only by keys this machine does not trust ({', '.join(sorted(set(names)))})")
@@ -142,15 +143,18 @@ def check_record(raw: bytes, key: str, document: dict[str, Any], trusted: dict[s
         raise Refused("its manifest is another build's")
     entry = Entry(key, theirs, manifest, files, signer)
     artifacts = manifest.get("artifacts")
-    if not isinstance(artifacts, dict) or \
+    if not isinstance(artifacts, dict) or not artifacts or \
             {rel: fact.get("sha256") if isinstance(fact, dict) else None for rel, fact in artifacts.items()} \
-            != entry.digests():
-        raise Refused("its manifest names other artifacts or digests than its files")
+            != entry.digests() or \
+            any(fact.get("size") != files[f"files/{rel}"]["size"] for rel, fact in artifacts.items()):
+        raise Refused("its manifest names other artifacts, digests or sizes than its files")
+    if Manifest.read_document(manifest) is None:
+        raise Refused("its manifest is malformed")
     return entry
 
 
 def check_attestation(raw: bytes, key: str, name: str, trusted: dict[str, PublicKey]) -> dict[str, str] | None:
-    """The digests a trusted key `name` attests it got rebuilding `key`, or None."""
+    """The digests a trusted key `name` attests it got rebuilding `key`, or None (whatever the bytes)."""
     try:
         data = _loads(raw)
         _check_signature(data, trusted, only=name)
@@ -163,8 +167,10 @@ def check_attestation(raw: bytes, key: str, name: str, trusted: dict[str, Public
 
 
 def _safe(rel: object) -> bool:
-    """A relative path below the entry: no '..', no absolute path, nothing the record carries."""
-    if not isinstance(rel, str) or not rel or "\0" in rel or "\\" in rel or rel in CARRIED:
+    """A relative path below the entry: no '..', no absolute path, nothing the record carries,
+    nothing a filesystem cannot name (a lone surrogate, a control character)."""
+    if not isinstance(rel, str) or not rel or "\\" in rel or rel in CARRIED or len(rel) > 1024 \
+            or any(ord(c) < 32 or 0xD800 <= ord(c) < 0xE000 for c in rel):
         return False
     path = PurePosixPath(rel)
     return not path.is_absolute() and str(path) == rel and ".." not in path.parts and "." not in rel.split("/")

@@ -47,21 +47,29 @@ class S3:
         found = self._call("get_object", path)
         if not found:
             return None
-        with found["Body"] as body:
-            return body.read(limit + 1)
+        from botocore.exceptions import BotoCoreError
+        try:
+            with found["Body"] as body:
+                return body.read(limit + 1)
+        except BotoCoreError as err:   # a timeout or a dropped connection while reading
+            raise Unreachable(type(err).__name__) from None
 
     def download(self, path: str, dest: Path, limit: int) -> bool:
         found = self._call("get_object", path)
         if not found:
             return False
+        from botocore.exceptions import BotoCoreError
         written = 0
-        with found["Body"] as body, open(dest, "wb") as f:
-            while written <= limit:
-                chunk = body.read(min(CHUNK, limit + 1 - written))
-                if not chunk:
-                    break
-                f.write(chunk)
-                written += len(chunk)
+        try:
+            with found["Body"] as body, open(dest, "wb") as f:
+                while written <= limit:
+                    chunk = body.read(min(CHUNK, limit + 1 - written))
+                    if not chunk:
+                        break
+                    f.write(chunk)
+                    written += len(chunk)
+        except BotoCoreError as err:
+            raise Unreachable(type(err).__name__) from None
         return True
 
     def exists(self, path: str) -> bool:
