@@ -12,7 +12,7 @@ import hashlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from doit.cmd_base import ModuleTaskLoader
 from doit.doit_cmd import DoitMain
@@ -26,11 +26,13 @@ from buildbox.keys import Stage
 from buildbox.pins import Unresolved
 from buildbox.recipe import BootstrapSet, GitSource, Recipe, Set, TarballSet
 from buildbox.records import FetchRecord
-from buildbox.remote import RemoteCache, Wanted
 from buildbox.resolve import Resolver, set_digest
 from buildbox.store import Store, remove_tree
 from buildbox.why import announce, record_fetch, remember, why_fetch
 
+
+if TYPE_CHECKING:   # the remote cache's code is imported only by a run that has one
+    from buildbox.remote import RemoteCache, Wanted
 
 # A test's way to provoke a fault no check expects in one stage (tests/test_exit_codes.py):
 # the path every unexpected exception takes.
@@ -202,6 +204,7 @@ class Graph:
 
     def wanted_of(self, recipe: Recipe) -> Wanted | None:
         """The recipe's build entry as the remote is asked for it, if its key is known."""
+        from buildbox.remote import Wanted
         stage = self.stages(recipe)["build"]
         if not isinstance(stage.key, str) or stage.document is None:
             return None
