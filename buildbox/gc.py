@@ -88,7 +88,7 @@ def clean(store: Store) -> None:
         reap_dead_boxes(store)
         for name in ("bases", "layers", "sources", "fetches", "builds", "failed", "debs", "logs", "verify",
                      "installed", "recipes", "doit.sqlite3", "records/bases", "records/layers", "records/sources",
-                     "records/fetches", "records/builds"):
+                     "records/fetches", "records/builds", "tmp"):
             remove_tree(store.root / name)
         store.remove_stale_tmp()
 

@@ -86,6 +86,7 @@ class Manifest:
     key: str
     artifacts: dict[str, Artifact]
     entries: dict[str, list[str]]
+    from_remote: bool = False   # taken from the remote cache, not built here
 
     @classmethod
     def read(cls, path: Path) -> Manifest | None:
@@ -104,7 +105,7 @@ class Manifest:
             return cls(str(data["recipe"]), str(data["key"]),
                        {str(rel): Artifact(str(fact["sha256"]), int(fact.get("size", 0)))
                         for rel, fact in data["artifacts"].items()},
-                       dict(data.get("inputs", {}).get("entries", {})))
+                       dict(data.get("inputs", {}).get("entries", {})), bool(data.get("from_remote")))
         except (ValueError, TypeError, KeyError, AttributeError):
             return None
 

@@ -25,7 +25,7 @@ from buildbox.errors import BuildboxError, Interrupted, failure_of
 from buildbox.keys import Stage
 from buildbox.pins import Unresolved
 from buildbox.recipe import BootstrapSet, GitSource, Recipe, Set, TarballSet
-from buildbox.records import FetchRecord
+from buildbox.records import MANIFEST, FetchRecord, Manifest
 from buildbox.resolve import Resolver, set_digest
 from buildbox.store import Store, remove_tree
 from buildbox.why import announce, record_fetch, remember, why_fetch
@@ -235,9 +235,14 @@ class Graph:
 
     def needs_stages_below(self, recipe: Recipe) -> bool:
         """Whether the build stage stands on the stages below it this run: not for a locked
-        recipe whose build entry is there (made, or taken from the remote), as its key needs none."""
-        key = self.stages(recipe)["build"].key
-        return not (recipe.lock and isinstance(key, str) and self.store.intact("builds", key))
+        recipe whose build entry was taken from the remote cache, as its key needs none of them.
+        A build made here keeps them: a locked run still fetches again what is gone, and so
+        finds an upstream that changed under the lock."""
+        stage = self.stages(recipe)["build"]
+        if not (recipe.lock and isinstance(stage.key, str) and self.store.intact("builds", stage.key)):
+            return True
+        manifest = Manifest.read(layers.entry(self.store, stage) / MANIFEST)
+        return manifest is None or not manifest.from_remote
 
     def install_out(self, recipe: Recipe) -> None:
         stage = self.stages(recipe)["build"]
