@@ -80,7 +80,6 @@ def seed(cache: Path) -> None:
 def workspace() -> Path:
     ws = WORK / "ws"
     (ws / "recipes").mkdir(parents=True)
-    shutil.copytree(REPO / "recipes" / "base", ws / "recipes" / "base")
     src = ws / "src"
     src.mkdir()
     (src / "README").write_text("bench\n")

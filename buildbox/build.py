@@ -15,6 +15,7 @@ from buildbox import __version__, log, process
 from buildbox.base import renumber_user
 from buildbox.constants import BUILDER, EPOCH, FETCH, FETCH_ENV, OFFLINE_ENV, OUT, SRC, BuildUser
 from buildbox.box import NAMESPACES, Box, resolve_in_root, run_on_host
+from buildbox.epoch import of_build as source_epoch
 from buildbox.cgroup import Cgroup
 from buildbox.errors import BuildFailed, InputError
 from buildbox.context import Context
@@ -32,17 +33,28 @@ SCRIPT = "/buildbox/build.sh"
 VERIFY_UID = 0x7FFFFFFE
 
 
-def build_env(recipe: Recipe, user: BuildUser = BUILDER) -> dict[str, str]:
+def build_env(recipe: Recipe, user: BuildUser = BUILDER, epoch: int = EPOCH) -> dict[str, str]:
     """The whole environment of a build: fixed, clean, the same on every host, and the recipe's
     secret-env taken from buildbox's own environment; with a [fetch], where the fetched tree is
-    and the settings that keep the tools to it."""
+    and the settings that keep the tools to it. `epoch` is the source's (epoch.of_build)."""
     env = user.login_env()
-    env.update({"SOURCE_DATE_EPOCH": str(EPOCH), "OUT": OUT})
+    env.update({"SOURCE_DATE_EPOCH": str(epoch), "OUT": OUT})
     env.update(dict(recipe.env))
     env.update(secrets(recipe))
     if recipe.fetch:
         env.update({**fetch_env(), **offline_env(env)})
     return env
+
+
+def say_epoch(recipe: Recipe, epoch: int, why: str, logfile: Path) -> int:
+    """Say the build's SOURCE_DATE_EPOCH and why, on the terminal and in the log; return it."""
+    line = f"SOURCE_DATE_EPOCH={epoch}: {why}"
+    if "SOURCE_DATE_EPOCH" in dict(recipe.env):
+        line = f"SOURCE_DATE_EPOCH={dict(recipe.env)['SOURCE_DATE_EPOCH']}: the recipe's [build] env sets it"
+    log.note(line)
+    with open(logfile, "a") as f:
+        f.write(f"buildbox: {line}\n")
+    return epoch
 
 
 def fetch_env() -> dict[str, str]:
@@ -102,7 +114,7 @@ def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, in
             box.as_root(lambda root: renumber_user(root, BUILDER, user))
         log.note(f"build log: {logfile}")
         limits = recipe.limits
-        env = build_env(recipe, user)
+        env = build_env(recipe, user, say_epoch(recipe, *source_epoch(box, recipe.source, user), logfile))
         if vary:
             env = vary(box, env)
         # The script handed over as a file in the box, read-only to the build: no quoting of user

@@ -23,6 +23,19 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse's own exit status 2 is ours too
         self.exit(2, f"buildbox: error: {message}; see `buildbox --help`\n")
 
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        """As argparse's, but what it does not know is named alone: `verify --bogus DIR R` is
+        the option --bogus, not "--bogus R" with the recipe lumped in."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            options = [word for word in extras if word.startswith("-") and word != "-"]
+            command = f"buildbox {parsed.command}" if getattr(parsed, "command", None) else "buildbox"
+            if options:
+                self.exit(2, f"buildbox: error: {command}: unknown option {log.escaped(options[0])}; "
+                             f"see `{command} --help`\n")
+            self.error(f"unexpected argument {log.escaped(extras[0])}")
+        return parsed
+
 
 def command_module(name: str) -> ModuleType:
     return importlib.import_module(f"buildbox.commands.{MODULES[name]}")

@@ -17,7 +17,7 @@ from typing import Any
 
 from buildbox.constants import BUILDER, EPOCH
 from buildbox.pins import DebianAsked, Known, Packages, Pins, SourcePin, Unresolved
-from buildbox.recipe import BootstrapSet, DebianSource, Fetch, Recipe, Set, TarballSet
+from buildbox.recipe import BootstrapSet, DebianSource, Fetch, GitSource, Recipe, Set, Source, TarballSet
 
 # Bump on purpose when a key document changes shape: every cache entry is then made again once.
 FORMAT = 4
@@ -97,6 +97,16 @@ def fetch_document(layer: str, source: SourcePin, fetch: Fetch) -> dict[str, Any
                               "env": [list(kv) for kv in fetch.env], "user": dataclasses.asdict(BUILDER)})
 
 
+def epoch_rule(source: Source) -> str | int:
+    """Where a build's SOURCE_DATE_EPOCH comes from (epoch.of_build reads it in the box): the rule of
+    its kind of source, whose value the source's pin keys already, or the fixed epoch itself."""
+    if isinstance(source, DebianSource):
+        return "debian/changelog"
+    if isinstance(source, GitSource):
+        return "git committer time"
+    return EPOCH
+
+
 def build_document(pins: Pins, recipe: Recipe) -> dict[str, Any]:
     """What a build stands on: the pins (not the stages' keys: a locked build and an unlocked one
     that resolved to the same sets, packages and source are one build) and the recipe's build.
@@ -107,6 +117,7 @@ def build_document(pins: Pins, recipe: Recipe) -> dict[str, Any]:
         "user": dataclasses.asdict(BUILDER), "script": recipe.script, "env": [list(kv) for kv in recipe.env],
         "static": recipe.static, "verify": list(recipe.verify_run), "network": recipe.network,
         "limits": dataclasses.asdict(recipe.limits), "sandbox": SANDBOX_VERSION,
+        "epoch": epoch_rule(recipe.source),
         # The secrets' names, never their values: a new token is not a new build.
         **({"secret-env": list(recipe.secret_env)} if recipe.secret_env else {}),
     })

@@ -7,6 +7,7 @@ line that names the file, the line and what to write instead.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import stat
 from dataclasses import dataclass, field
@@ -330,16 +331,34 @@ def _check_packages(doc: Doc, table: tuple[str, ...], key: str, names: list[str]
     return tuple(names)
 
 
+# The bases shipped with buildbox (package data): where a base is found when no folder has it.
+SHIPPED_BASES = Path(__file__).parent / "bases"
+
+
+def base_places(recipes_dir: Path) -> list[Path]:
+    """Where a recipe in recipes_dir finds its bases, in order: base/ beside it, ./recipes/base/,
+    the bases shipped with buildbox."""
+    places = [recipes_dir / "base", Path("recipes") / "base", SHIPPED_BASES]
+    unique: list[Path] = []
+    for place in places:
+        if not any(os.path.abspath(place) == os.path.abspath(seen) for seen in unique):
+            unique.append(place)
+    return unique
+
+
 def load_base(name: str, recipes_dir: Path, *, where: str) -> Base:
-    """Read recipes/base/NAME.toml."""
+    """Read the base NAME.toml from the first of base_places(recipes_dir) that has it."""
     if not NAME_RE.fullmatch(name):
         raise InputError(f"base '{name}' is not a valid name", where=where,
                          hint="use letters, digits and . _ + -")
-    path = recipes_dir / "base" / f"{name}.toml"
-    if not path.is_file():
-        known = sorted(p.stem for p in (recipes_dir / "base").glob("*.toml"))
-        raise InputError(f"base '{name}' does not exist (no {path})", where=where,
-                         hint=f"known bases: {', '.join(known)}" if known else "create that file")
+    places = base_places(recipes_dir)
+    path = next((p / f"{name}.toml" for p in places if (p / f"{name}.toml").is_file()), None)
+    if path is None:
+        known = sorted({p.stem for place in places for p in place.glob("*.toml")})
+        looked = ", ".join(str(p / f"{name}.toml") for p in places)
+        raise InputError(f"base '{name}' does not exist (looked for {looked})", where=where,
+                         hint=f"known bases: {', '.join(known)}" if known
+                         else f"create {places[0] / f'{name}.toml'}")
     doc = Doc(path)
     doc.check_keys(doc.data, (), {"set": list_of_tables, "limits": dict})
     sets = doc.data.get("set")

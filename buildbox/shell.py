@@ -10,8 +10,9 @@ from pathlib import Path
 from buildbox import log
 from buildbox.box import Box
 from buildbox.build import build_env, failed_box
-from buildbox.constants import BUILDER, FETCH, SRC
-from buildbox.errors import InputError
+from buildbox.constants import BUILDER, EPOCH, FETCH, SRC
+from buildbox.epoch import of_build as source_epoch
+from buildbox.errors import BuildFailed, InputError
 from buildbox.recipe import Recipe
 from buildbox.records import FailedBox
 from buildbox.store import Store
@@ -23,15 +24,20 @@ ROOT_ENV = {"HOME": "/root", "USER": "root", "LOGNAME": "root",
 def open_shell(store: Store, recipe: Recipe, layers: list[Path], *, fetched: Path | None = None,
                root: bool = False, keep: bool = False, failed: bool = False) -> int:
     """An interactive shell in a box over layers, as the build user (or root); its exit status."""
-    env = build_env(recipe)
-    env.update({"PS1": f"{recipe.name}:\\w \\$ ", "TERM": os.environ.get("TERM", "xterm")})
-    if root:
-        env.update(ROOT_ENV)
     # Ctrl-C belongs to the shell inside, not to buildbox.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with Box(store, layers, label=f"shell-{recipe.name}", keep=keep) as box:
         if fetched:
             box.bind(fetched, FETCH)
+        try:
+            epoch = source_epoch(box, recipe.source, BUILDER)[0]
+        except BuildFailed as err:   # a failed build's tree may have lost what tells its date
+            log.warn(f"{err}; the shell has SOURCE_DATE_EPOCH={EPOCH}")
+            epoch = EPOCH
+        env = build_env(recipe, epoch=epoch)
+        env.update({"PS1": f"{recipe.name}:\\w \\$ ", "TERM": os.environ.get("TERM", "xterm")})
+        if root:
+            env.update(ROOT_ENV)
         status = box.run(["bash", "--norc", "--noprofile", "-i"], what=f"a shell in {recipe.name}",
                          user=None if root else BUILDER.spec, env=env,
                          cwd=SRC if failed else env["HOME"], network=recipe.network, outbound=recipe.network,

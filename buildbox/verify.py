@@ -107,15 +107,18 @@ def host_conditions(variation: dict) -> Iterator[None]:
 
 
 def build_fresh(ctx: Context, recipe: Recipe, box: Any, label: str, places: list[Path],
-                variation: dict) -> Path:
+                variation: dict, *, stream: bool = False, keep: bool = False) -> Path:
     """One build of recipe in a fresh box, outside the cache's build entries; returns its folder
-    (listed in places first, so that it is removed whatever happens)."""
+    (listed in places first, so that it is removed whatever happens). Its start and its end,
+    with the time it took, are said on a line each, -q or not."""
     place = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=ctx.store.dir("verify")))
     places.append(place)
-    with log.step(f"Building {recipe.name} ({label})"):
-        make_build(ctx.store, recipe, box.layers, place, box.inputs, ctx.logfile(recipe.name, f"verify-{label}"),
-                   stream=False, keep=False, user=variation["user"],
-                   vary=clock_ahead(variation["days_ahead"], variation["user"]), fetched=box.fetched)
+    log.say(f"verify: {recipe.name}: the {label} build starts")
+    started = time.monotonic()
+    make_build(ctx.store, recipe, box.layers, place, box.inputs, ctx.logfile(recipe.name, f"verify-{label}"),
+               stream=stream, keep=keep, user=variation["user"],
+               vary=clock_ahead(variation["days_ahead"], variation["user"]), fetched=box.fetched)
+    log.say(f"verify: {recipe.name}: the {label} build took {time.monotonic() - started:.1f}s")
     return place
 
 
@@ -127,10 +130,13 @@ def digests(path: Path) -> dict[str, str]:
 
 
 def compare(ctx: Context, recipe: Recipe, box: Any, against: Path | dict[str, str] | None,
-            built: dict[str, str] | None = None) -> list[str]:
+            built: dict[str, str] | None = None, *, stream: bool = False, keep: bool = False,
+            deliver: Callable[[Path], None] | None = None) -> list[str]:
     """Build (twice, or once against a manifest or another machine's digests) over the recipe's
     build box (layers.BuildBox: its layers, fetched tree and manifest inputs; its stages made),
-    and return a line per difference; [] if identical. `built` gets the last build's digests."""
+    and return a line per difference; [] if identical. `built` gets the last build's digests;
+    `deliver` gets the last build's folder (its files and manifest) when they are identical.
+    With `keep`, the boxes and both builds stay for inspection."""
     builds: list[Path] = []
     try:
         if isinstance(against, dict):
@@ -140,11 +146,11 @@ def compare(ctx: Context, recipe: Recipe, box: Any, against: Path | dict[str, st
             first = None
         else:
             with host_conditions(VARIATIONS[0]):
-                first = build_fresh(ctx, recipe, box, "first", builds, VARIATIONS[0])
+                first = build_fresh(ctx, recipe, box, "first", builds, VARIATIONS[0], stream=stream, keep=keep)
             theirs = digests(first / MANIFEST)
         log.say(f"verify: the second build runs with {describe(VARIATIONS[1])}")
         with host_conditions(VARIATIONS[1]):
-            second = build_fresh(ctx, recipe, box, "second", builds, VARIATIONS[1])
+            second = build_fresh(ctx, recipe, box, "second", builds, VARIATIONS[1], stream=stream, keep=keep)
         ours = digests(second / MANIFEST)
         if built is not None:
             built.update(ours)
@@ -155,10 +161,15 @@ def compare(ctx: Context, recipe: Recipe, box: Any, against: Path | dict[str, st
             elif ours[rel] != theirs[rel]:
                 detail = explain(first / "files" / rel, second / "files" / rel) if first else ""
                 lines.append(f"{log.escaped(rel)}: sha256 {theirs[rel][:16]}… vs {ours[rel][:16]}…{detail}")
+        if deliver and not lines:
+            deliver(second)
         return lines
     finally:
         for place in builds:
-            remove_tree(place)
+            if keep:
+                log.say(f"verify: kept the {place.name.split('-')[0]} build's files and manifest at {place}")
+            else:
+                remove_tree(place)
 
 
 def explain(a: Path, b: Path) -> str:

@@ -146,7 +146,6 @@ def test_the_shell_exits_with_the_status_of_the_shell_inside(workspace: Workspac
 def test_doit_exits_as_the_command_does_on_bad_input(tmp_path: Path) -> None:
     (tmp_path / "recipes").mkdir()
     shutil.copy(REPO / "dodo.py", tmp_path / "dodo.py")
-    shutil.copytree(REPO / "recipes" / "base", tmp_path / "recipes" / "base")
     (tmp_path / "recipes" / "bad.toml").write_text("[build]\nscript = 'x'\n")
     result = subprocess.run([sys.executable, "-m", "doit", "list"], cwd=tmp_path, capture_output=True, text=True,
                             env=dict(os.environ, PYTHONPATH=str(REPO)))

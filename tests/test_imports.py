@@ -47,7 +47,7 @@ LAYERS = {
     "cache": {"store"},
     "input": {"recipe", "lock", "keys", "records", "context", "config"},
     "sandbox": {"process", "inroot", "idmap", "cgroup", "box", "enter", "sandbox"},
-    "stages": {"sets", "base", "packages", "source", "fetch", "build", "out", "elf", "verify", "shell", "gc", "remote"},
+    "stages": {"sets", "base", "packages", "source", "fetch", "epoch", "build", "out", "elf", "verify", "shell", "gc", "remote"},
     "plan": {"resolve", "layers", "why", "tasks", "relock"},
     "commands": {"cli", "commands", "__main__"},
 }

@@ -102,7 +102,8 @@ GOLDEN = {
     "base": "a1bcd4878908f5bc1554d1f609dd66eac69f7b3ef43c9c1145b37f952e4ec9b4",
     "layer": "9729335b70a1b862373b7a8a8c9fa2a775b60a0c04868c807e008576c9b47064",
     "source": "d5aa43b9d50c8b94f8a229b2a6c29791956644fb138177b7e693101813c9dd7b",
-    "build": "dc4af486828be9ca4d12185d541997547599734a14b34db547aca615365877bc",
+    # build: changed once on purpose, by the epoch rule in its document (README, "Changes").
+    "build": "4943e0f6c6eb2abb35828d0a1120145431c26e79e8dbeb0d6622a5c17262ac12",
 }
 
 
@@ -158,3 +159,15 @@ def test_the_reasons_name_each_difference_between_two_key_documents_in_fixed_wor
                        keys.source_document(source_pin({**debian, "version": "2.6.2-6"}))) == [
         "debian source caddy 2.6.2-6 (was 2.6.2-5)"]
     assert keys.reasons({**old, "format": 3}, old) == [f"key format 3 -> {keys.FORMAT}"]
+
+
+def test_the_build_key_says_where_the_epoch_comes_from_by_the_kind_of_source(tmp_path: Path) -> None:
+    # A Debian source builds at its changelog's date, a git one at its commit's: the rule is in the
+    # key (the date itself is the source's, which its pin keys), the fixed epoch for the rest.
+    digest = "a" * 64
+    rules = {}
+    for name, source in (("deb", 'debian = "hello"'), ("gitted", 'git = "https://example.org/x.git"'),
+                         ("tarred", f'url = "https://example.org/x.tar"\nsha256 = "{digest}"')):
+        recipe = load_recipe(write(tmp_path, f"[source]\n{source}\n[build]\nscript = 'true'\n", name))
+        rules[name] = keys.build_document(P(PINS), recipe)["inputs"]["epoch"]
+    assert rules == {"deb": "debian/changelog", "gitted": "git committer time", "tarred": 1700000000}

@@ -74,3 +74,14 @@ def test_keep_leaves_the_box_for_inspection_and_says_where(workspace: Workspace)
         subprocess.run(["umount", box], check=True)
         subprocess.run(["umount", box.parent / "disk"], check=True)   # its upper layer's disk
         shutil.rmtree(box.parent)
+
+
+def test_a_recipe_outside_recipes_builds_with_the_shipped_base(workspace: Workspace, tmp_path: Path) -> None:
+    written = shell_recipe(workspace, "loose", 'echo loose > "$OUT/loose"')
+    loose = tmp_path / "somewhere" / "loose.toml"
+    loose.parent.mkdir()
+    loose.write_text(written.read_text())
+    written.unlink()
+    shutil.rmtree(workspace.root / "recipes")   # no ./recipes/base/ either
+    workspace.buildbox("run", loose, "-q")
+    assert (workspace.root / "out" / "loose" / "loose").read_text() == "loose\n"

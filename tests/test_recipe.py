@@ -143,3 +143,37 @@ def test_unknown_flags_are_usage_errors_with_status_2() -> None:
     result = subprocess.run([sys.executable, "-m", "buildbox", "run", "--frobnicate", "x.toml"],
                             capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_a_base_is_found_beside_the_recipe_then_in_recipes_base_then_among_the_shipped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from buildbox.recipe import SHIPPED_BASES
+    elsewhere = tmp_path / "anywhere" / "tool.toml"
+    elsewhere.parent.mkdir()
+    elsewhere.write_text('[source]\ndebian = "caddy"\n[build]\nscript = "true"\n')
+    monkeypatch.chdir(tmp_path)
+    # Nothing beside it, no ./recipes/base/: the shipped debian-bookworm.
+    assert load_recipe(elsewhere).base.sets == (BootstrapSet("bookworm", "http://deb.debian.org/debian", "minbase", ()),)
+    assert (SHIPPED_BASES / "debian-bookworm.toml").is_file()
+    # ./recipes/base/ comes before the shipped one, and a base beside the recipe before both.
+    (tmp_path / "recipes" / "base").mkdir(parents=True)
+    (tmp_path / "recipes" / "base" / "debian-bookworm.toml").write_text(f"[[set]]\nurl = 'cwd.tgz'\nsha256 = '{'c' * 64}'\n")
+    assert load_recipe(elsewhere).base.sets == (TarballSet(str(tmp_path / "recipes/base/cwd.tgz"), "c" * 64),)
+    (elsewhere.parent / "base").mkdir()
+    (elsewhere.parent / "base" / "debian-bookworm.toml").write_text(f"[[set]]\nurl = 'near.tgz'\nsha256 = '{'d' * 64}'\n")
+    assert load_recipe(elsewhere).base.sets == (TarballSet(str(elsewhere.parent / "base/near.tgz"), "d" * 64),)
+
+
+def test_a_base_found_nowhere_names_every_place_looked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from buildbox.recipe import SHIPPED_BASES
+    path = tmp_path / "anywhere" / "tool.toml"
+    path.parent.mkdir()
+    path.write_text('base = "nosuch"\n[source]\ndebian = "caddy"\n[build]\nscript = "true"\n')
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError) as caught:
+        load_recipe(path)
+    said = str(caught.value)
+    assert said.startswith(f"{path}:1:") and "base 'nosuch' does not exist" in said, said
+    for place in (path.parent / "base", Path("recipes") / "base", SHIPPED_BASES):
+        assert str(place / "nosuch.toml") in said, said
+    assert "known bases: debian-bookworm" in said

@@ -78,3 +78,58 @@ def test_the_second_builds_host_name_is_another_and_the_hosts_own_comes_back() -
         assert subprocess.run(["hostname"], capture_output=True, text=True).stdout.strip() == "elsewhere.invalid"
     assert socket.gethostname() == ours
     assert subprocess.run(["hostname"], capture_output=True, text=True).stdout.strip() == ours
+
+
+def test_verify_takes_out_quiet_and_keep_as_run_does_and_says_each_build_and_the_sha256s(workspace: Workspace,
+                                                                                     tmp_path: Path) -> None:
+    import hashlib
+    import json
+    import shutil
+    recipe = shell_recipe(workspace, "verified", 'echo same > "$OUT/same"\necho build log line')
+    out = tmp_path / "delivered"
+    result = workspace.buildbox("verify", "--out", out, "-q", recipe)
+    # A line as each build starts and as it ends, with its time; the log is not streamed with -q.
+    for label in ("first", "second"):
+        assert f"verify: verified: the {label} build starts" in result.stderr, result.stderr
+        assert f"verify: verified: the {label} build took " in result.stderr, result.stderr
+    assert "build log line" not in result.stderr
+    # The identical artifacts go to DIR/NAME/ with their manifest, and their sha256 is printed.
+    delivered = out / "verified" / "same"
+    assert delivered.read_text() == "same\n"
+    digest = hashlib.sha256(b"same\n").hexdigest()
+    assert f"{digest}  {delivered}" in result.stdout.splitlines(), result.stdout
+    assert json.loads((out / "verified" / "manifest.json").read_text())["artifacts"]["same"]["sha256"] == digest
+    # Without -q the build log streams; without --out nothing is written, and the sha256 is still said.
+    streamed = workspace.buildbox("verify", recipe)
+    assert "build log line" in streamed.stderr
+    assert f"{digest}  same" in streamed.stdout.splitlines(), streamed.stdout
+    assert not (workspace.root / "out" / "verified").exists()
+
+    # A build that differs is not delivered.
+    stamped = shell_recipe(workspace, "unstable", 'date +%s%N > "$OUT/stamp"')
+    workspace.buildbox("verify", "--out", out, "-q", stamped, check=1)
+    assert not (out / "unstable").exists()
+
+    # --keep leaves both boxes and both builds, and says where.
+    kept = workspace.buildbox("verify", "--keep", "-q", recipe)
+    boxes = [Path(m) for m in mounts_under(workspace.cache) if m.endswith("/root")]
+    places = [Path(line.split(" at ", 1)[1]) for line in kept.stderr.splitlines() if "build's files and manifest at" in line]
+    try:
+        assert len(boxes) == 2 and kept.stderr.count("kept the box") == 2, kept.stderr
+        assert sorted(p.name.split("-")[0] for p in places) == ["first", "second"]
+        assert all((p / "files" / "same").read_text() == "same\n" for p in places)
+    finally:
+        for box in boxes:
+            subprocess.run(["umount", "-R", box], check=True)
+            if (box.parent / "disk").is_mount():
+                subprocess.run(["umount", box.parent / "disk"], check=True)
+            shutil.rmtree(box.parent)
+        for place in places:
+            shutil.rmtree(place)
+
+
+def test_an_option_verify_does_not_know_is_named_alone(workspace: Workspace) -> None:
+    recipe = shell_recipe(workspace, "named", 'echo x > "$OUT/x"')
+    result = workspace.buildbox("verify", "--bogus", "somewhere", recipe, check=2)
+    lines = result.stderr.strip().splitlines()
+    assert lines == ["buildbox: error: buildbox verify: unknown option --bogus; see `buildbox verify --help`"], lines

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from buildbox import log
-from buildbox.commands.common import load, need_root, open_remote, remote_flags
+from buildbox.commands.common import load, need_root, open_remote, remote_flags, stop_on_signals
 from buildbox.errors import BuildFailed, InputError
 
 
@@ -18,6 +18,11 @@ def add(commands, common) -> None:
     verify.add_argument("--against-remote", action="store_true",
                         help="compare one fresh build with the remote cache's entry; with a signing key, "
                              "publish an attestation when they are identical")
+    verify.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="put the verified artifacts in DIR/NAME/, as run does, once they are identical "
+                             "(by default verify writes none)")
+    verify.add_argument("--keep", action="store_true", help="leave the build boxes and both builds for inspection")
+    verify.add_argument("-q", "--quiet", action="store_true", help="don't stream the build logs")
     remote_flags(verify)
     common(verify)
 
@@ -43,8 +48,9 @@ def main(args: argparse.Namespace) -> int:
         raise InputError("--against-remote: no remote cache is configured",
                          hint="give --remote URL, or set [remote] url in buildbox.toml")
     need_root()
-    log.quiet = True
-    graph = Graph(Store(args.cache), [recipe], Path("out"), stream=False)
+    log.quiet = args.quiet
+    stop_on_signals()
+    graph = Graph(Store(args.cache), [recipe], args.out or Path("out"), keep=args.keep, stream=not args.quiet)
     graph.run(stage="fetch" if recipe.fetch else "source")
     box = graph.build_box(recipe)
     against: Path | dict[str, str] | None = args.against
@@ -59,13 +65,22 @@ def main(args: argparse.Namespace) -> int:
         against = found.entry.digests()
         log.say(f"verify: comparing with the remote's build ({found.said()})")
     built: dict[str, str] = {}
-    differences = compare(graph.ctx, recipe, box, against, built)
+
+    def deliver(place: Path) -> None:   # --out: the identical build goes where run would put it
+        from buildbox import out
+        out.install(place, graph.out_dir(recipe), graph.stamps(recipe))
+
+    differences = compare(graph.ctx, recipe, box, against, built, stream=not args.quiet, keep=args.keep,
+                          deliver=deliver if args.out else None)
     if differences:
         for line in differences:
             print(log.printable(f"differs: {line}"))
         print(f"verify: {recipe.name} is not reproducible: {len(differences)} artifact(s) differ")
         return 1
     print(f"verify: {recipe.name} is reproducible: every artifact identical across the builds")
+    shown = graph.out_dir(recipe) if args.out else None
+    for rel, digest in sorted(built.items()):
+        print(f"{digest}  {log.escaped(str(shown / rel) if shown else rel)}")
     if remote and remote.config.signing_key:
         return 0 if remote.attest(recipe.name, box.key, built) else 1
     return 0

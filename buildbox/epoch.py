@@ -1,0 +1,45 @@
+"""A build's SOURCE_DATE_EPOCH: the date its source gives itself, taken as the tools of its kind
+take it, else buildbox's fixed epoch.
+
+A Debian source's is the date of debian/changelog's latest entry, as dpkg-buildpackage derives it
+when SOURCE_DATE_EPOCH is unset (so under sbuild and on Debian's buildds); a git source's is its
+commit's committer time; a tarball's is the fixed epoch (its members' times say nothing reliable).
+Which of these a build takes is keys.epoch_rule's (its key holds it); each is read in the build's
+own box, as the build user, from the source tree the build gets: no file of the source is opened
+on the host.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from buildbox.constants import EPOCH, SRC, BuildUser
+from buildbox.errors import BuildFailed
+from buildbox.keys import epoch_rule
+from buildbox.recipe import Source
+
+if TYPE_CHECKING:
+    from buildbox.box import Box
+
+# Epochs a tool may give: from 1970 to the year 9999 (dpkg's and git's range is wider; a date past
+# it is a changelog's typo, not a build's date).
+LATEST = 253402300799
+
+
+def of_build(box: Box, source: Source, user: BuildUser) -> tuple[int, str]:
+    """The epoch of the build in box (its source at SRC), and, for its log, why it is that one."""
+    rule = epoch_rule(source)
+    if rule == "debian/changelog":
+        argv, said = ["dpkg-parsechangelog", "-l", "debian/changelog", "-STimestamp"], \
+            "the date of debian/changelog's latest entry, as dpkg-buildpackage and sbuild take it"
+    elif rule == "git committer time":
+        argv, said = ["git", "-C", SRC, "log", "-1", "--format=%ct", "HEAD"], "the commit's committer time"
+    else:
+        return EPOCH, "buildbox's fixed epoch (a tarball source gives no date of its own)"
+    out = box.run(argv, what=f"{argv[0]} for SOURCE_DATE_EPOCH", user=user.spec, env=user.login_env(),
+                  cwd=SRC, capture=True).strip()
+    if not out.isascii() or not out.isdigit() or int(out) > LATEST:
+        raise BuildFailed(f"{argv[0]} gave no date for SOURCE_DATE_EPOCH ({out[:60]!r})",
+                          hint="give the source a well-formed debian/changelog" if argv[0] != "git"
+                          else "check the commit's committer date")
+    return int(out), said
