@@ -33,7 +33,7 @@ SCRIPT = "/buildbox/build.sh"
 VERIFY_UID = 0x7FFFFFFE
 
 
-def build_env(recipe: Recipe, user: BuildUser = BUILDER, epoch: int = EPOCH) -> dict[str, str]:
+def build_env(recipe: Recipe, user: BuildUser = BUILDER, epoch: str | int = EPOCH) -> dict[str, str]:
     """The whole environment of a build: fixed, clean, the same on every host, and the recipe's
     secret-env taken from buildbox's own environment; with a [fetch], where the fetched tree is
     and the settings that keep the tools to it. `epoch` is the source's (epoch.of_build)."""
@@ -46,15 +46,12 @@ def build_env(recipe: Recipe, user: BuildUser = BUILDER, epoch: int = EPOCH) -> 
     return env
 
 
-def say_epoch(recipe: Recipe, epoch: int, why: str, logfile: Path) -> int:
-    """Say the build's SOURCE_DATE_EPOCH and why, on the terminal and in the log; return it."""
+def say_epoch(epoch: str, why: str, logfile: Path) -> None:
+    """Say the build's SOURCE_DATE_EPOCH and why, on the terminal and in the log."""
     line = f"SOURCE_DATE_EPOCH={epoch}: {why}"
-    if "SOURCE_DATE_EPOCH" in dict(recipe.env):
-        line = f"SOURCE_DATE_EPOCH={dict(recipe.env)['SOURCE_DATE_EPOCH']}: the recipe's [build] env sets it"
     log.note(line)
     with open(logfile, "a") as f:
         f.write(f"buildbox: {line}\n")
-    return epoch
 
 
 def fetch_env() -> dict[str, str]:
@@ -114,7 +111,9 @@ def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, in
             box.as_root(lambda root: renumber_user(root, BUILDER, user))
         log.note(f"build log: {logfile}")
         limits = recipe.limits
-        env = build_env(recipe, user, say_epoch(recipe, *source_epoch(box, recipe.source, user), logfile))
+        epoch, why = source_epoch(box, recipe, user)
+        say_epoch(epoch, why, logfile)
+        env = build_env(recipe, user, epoch)
         if vary:
             env = vary(box, env)
         # The script handed over as a file in the box, read-only to the build: no quoting of user

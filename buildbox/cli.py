@@ -8,6 +8,7 @@ import argparse
 import importlib
 import sys
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -23,16 +24,17 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse's own exit status 2 is ours too
         self.exit(2, f"buildbox: error: {message}; see `buildbox --help`\n")
 
-    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
         """As argparse's, but what it does not know is named alone: `verify --bogus DIR R` is
         the option --bogus, not "--bogus R" with the recipe lumped in."""
         parsed, extras = self.parse_known_args(args, namespace)
         if extras:
             options = [word for word in extras if word.startswith("-") and word != "-"]
-            command = f"buildbox {parsed.command}" if getattr(parsed, "command", None) else "buildbox"
+            command = getattr(parsed, "command", None)
             if options:
-                self.exit(2, f"buildbox: error: {command}: unknown option {log.escaped(options[0])}; "
-                             f"see `{command} --help`\n")
+                self.exit(2, f"buildbox: error: {command + ': ' if command else ''}unknown option "
+                             f"{log.escaped(options[0])}; see `buildbox {command + ' ' if command else ''}--help`\n")
             self.error(f"unexpected argument {log.escaped(extras[0])}")
         return parsed
 

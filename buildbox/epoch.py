@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 from buildbox.constants import EPOCH, SRC, BuildUser
 from buildbox.errors import BuildFailed
-from buildbox.keys import epoch_rule
-from buildbox.recipe import Source
+from buildbox.keys import EPOCH_FROM_CHANGELOG, EPOCH_FROM_COMMIT, epoch_rule
+from buildbox.recipe import Recipe
 
 if TYPE_CHECKING:
     from buildbox.box import Box
@@ -26,20 +26,25 @@ if TYPE_CHECKING:
 LATEST = 253402300799
 
 
-def of_build(box: Box, source: Source, user: BuildUser) -> tuple[int, str]:
-    """The epoch of the build in box (its source at SRC), and, for its log, why it is that one."""
-    rule = epoch_rule(source)
-    if rule == "debian/changelog":
+def of_build(box: Box, recipe: Recipe, user: BuildUser) -> tuple[str, str]:
+    """The SOURCE_DATE_EPOCH of the recipe's build in box (its source at SRC), and, for its log,
+    why it is that one: the recipe's own [build] env has the last word (nothing is read then);
+    what is read is read within the build's rlimits and [limits] timeout."""
+    own = dict(recipe.env).get("SOURCE_DATE_EPOCH")
+    if own is not None:
+        return own, "the recipe's [build] env sets it"
+    rule = epoch_rule(recipe.source)
+    if rule == EPOCH_FROM_CHANGELOG:
         argv, said = ["dpkg-parsechangelog", "-l", "debian/changelog", "-STimestamp"], \
             "the date of debian/changelog's latest entry, as dpkg-buildpackage and sbuild take it"
-    elif rule == "git committer time":
+    elif rule == EPOCH_FROM_COMMIT:
         argv, said = ["git", "-C", SRC, "log", "-1", "--format=%ct", "HEAD"], "the commit's committer time"
     else:
-        return EPOCH, "buildbox's fixed epoch (a tarball source gives no date of its own)"
+        return str(EPOCH), "buildbox's fixed epoch (a tarball source gives no date of its own)"
     out = box.run(argv, what=f"{argv[0]} for SOURCE_DATE_EPOCH", user=user.spec, env=user.login_env(),
-                  cwd=SRC, capture=True).strip()
+                  cwd=SRC, capture=True, limits=recipe.limits.rlimits(), timeout=recipe.limits.timeout).strip()
     if not out.isascii() or not out.isdigit() or int(out) > LATEST:
         raise BuildFailed(f"{argv[0]} gave no date for SOURCE_DATE_EPOCH ({out[:60]!r})",
                           hint="give the source a well-formed debian/changelog" if argv[0] != "git"
                           else "check the commit's committer date")
-    return int(out), said
+    return out, said

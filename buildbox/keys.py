@@ -97,13 +97,17 @@ def fetch_document(layer: str, source: SourcePin, fetch: Fetch) -> dict[str, Any
                               "env": [list(kv) for kv in fetch.env], "user": dataclasses.asdict(BUILDER)})
 
 
+# Where a build's SOURCE_DATE_EPOCH comes from, by its kind of source (epoch.of_build reads it).
+EPOCH_FROM_CHANGELOG, EPOCH_FROM_COMMIT = "debian/changelog", "git committer time"
+
+
 def epoch_rule(source: Source) -> str | int:
-    """Where a build's SOURCE_DATE_EPOCH comes from (epoch.of_build reads it in the box): the rule of
-    its kind of source, whose value the source's pin keys already, or the fixed epoch itself."""
+    """The rule of a build's SOURCE_DATE_EPOCH, as its key holds it: its kind of source's (whose
+    value the source's pin keys already), or the fixed epoch itself."""
     if isinstance(source, DebianSource):
-        return "debian/changelog"
+        return EPOCH_FROM_CHANGELOG
     if isinstance(source, GitSource):
-        return "git committer time"
+        return EPOCH_FROM_COMMIT
     return EPOCH
 
 

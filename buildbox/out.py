@@ -40,12 +40,17 @@ def is_manifest(path: Path) -> bool:
     return Manifest.read(path) is not None
 
 
+def check_dest(dest: Path) -> None:
+    """dest may be written: absent, or an out/NAME that buildbox installed."""
+    if os.path.lexists(dest) and (dest.is_symlink() or not dest.is_dir() or not made_by_buildbox(dest)):
+        raise InputError(f"{_shown(dest)} exists and was not made by buildbox: move it or pick --out")
+
+
 def install(entry: Path, dest: Path, stamps: Path) -> dict[str, str]:
     """Put a build entry's artifacts and manifest at dest, each re-hashed against the manifest on
     the way; dest is the old tree or the new one at every moment (the two are exchanged in one
     renameat2). Returns each artifact's sha256, as hashed while copying."""
-    if os.path.lexists(dest) and (dest.is_symlink() or not dest.is_dir() or not made_by_buildbox(dest)):
-        raise InputError(f"{_shown(dest)} exists and was not made by buildbox: move it or pick --out")
+    check_dest(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     remove_litter(dest)
     manifest = Manifest.read(entry / MANIFEST)

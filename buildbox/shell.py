@@ -24,16 +24,16 @@ ROOT_ENV = {"HOME": "/root", "USER": "root", "LOGNAME": "root",
 def open_shell(store: Store, recipe: Recipe, layers: list[Path], *, fetched: Path | None = None,
                root: bool = False, keep: bool = False, failed: bool = False) -> int:
     """An interactive shell in a box over layers, as the build user (or root); its exit status."""
-    # Ctrl-C belongs to the shell inside, not to buildbox.
+    # Ctrl-C belongs to the shell inside, not to buildbox (reading the epoch has the build's timeout).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with Box(store, layers, label=f"shell-{recipe.name}", keep=keep) as box:
         if fetched:
             box.bind(fetched, FETCH)
         try:
-            epoch = source_epoch(box, recipe.source, BUILDER)[0]
+            epoch = source_epoch(box, recipe, BUILDER)[0]
         except BuildFailed as err:   # a failed build's tree may have lost what tells its date
             log.warn(f"{err}; the shell has SOURCE_DATE_EPOCH={EPOCH}")
-            epoch = EPOCH
+            epoch = str(EPOCH)
         env = build_env(recipe, epoch=epoch)
         env.update({"PS1": f"{recipe.name}:\\w \\$ ", "TERM": os.environ.get("TERM", "xterm")})
         if root:

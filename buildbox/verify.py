@@ -114,11 +114,14 @@ def build_fresh(ctx: Context, recipe: Recipe, box: Any, label: str, places: list
     place = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=ctx.store.dir("verify")))
     places.append(place)
     log.say(f"verify: {recipe.name}: the {label} build starts")
-    started = time.monotonic()
-    make_build(ctx.store, recipe, box.layers, place, box.inputs, ctx.logfile(recipe.name, f"verify-{label}"),
-               stream=stream, keep=keep, user=variation["user"],
-               vary=clock_ahead(variation["days_ahead"], variation["user"]), fetched=box.fetched)
-    log.say(f"verify: {recipe.name}: the {label} build took {time.monotonic() - started:.1f}s")
+    started, ended = time.monotonic(), "failed after"
+    try:
+        make_build(ctx.store, recipe, box.layers, place, box.inputs, ctx.logfile(recipe.name, f"verify-{label}"),
+                   stream=stream, keep=keep, user=variation["user"],
+                   vary=clock_ahead(variation["days_ahead"], variation["user"]), fetched=box.fetched)
+        ended = "took"
+    finally:
+        log.say(f"verify: {recipe.name}: the {label} build {ended} {time.monotonic() - started:.1f}s")
     return place
 
 

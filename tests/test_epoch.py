@@ -24,7 +24,10 @@ def changelog_date(changelog: str) -> int:
 
 
 def test_a_debian_source_builds_at_its_changelogs_date_as_dpkg_and_sbuild_take_it(workspace: Workspace) -> None:
+    # Its own layer (fzf's package too), not the one test_pipeline's Debian recipe counts on making.
     recipe = workspace.recipe("hello", """\
+        [packages]
+        install = ["fzf"]
         [source]
         debian = "hello"
         [build]

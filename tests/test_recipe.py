@@ -145,6 +145,15 @@ def test_unknown_flags_are_usage_errors_with_status_2() -> None:
     assert result.returncode == 2 and "Traceback" not in result.stderr
 
 
+def test_an_option_a_command_does_not_know_is_named_alone_not_with_the_arguments_after_it() -> None:
+    # argparse would say "unrecognized arguments: --bogus x.toml", the recipe lumped in.
+    result = subprocess.run([sys.executable, "-m", "buildbox", "verify", "--bogus", "somewhere", "x.toml"],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["buildbox: error: verify: unknown option --bogus; "
+                                          "see `buildbox verify --help`"], result.stderr
+
+
 def test_a_base_is_found_beside_the_recipe_then_in_recipes_base_then_among_the_shipped(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from buildbox.recipe import SHIPPED_BASES

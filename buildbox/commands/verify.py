@@ -47,6 +47,9 @@ def main(args: argparse.Namespace) -> int:
     if args.against_remote and remote is None:
         raise InputError("--against-remote: no remote cache is configured",
                          hint="give --remote URL, or set [remote] url in buildbox.toml")
+    if args.out:
+        from buildbox.out import check_dest
+        check_dest(args.out / recipe.name)   # said now, not after two builds
     need_root()
     log.quiet = args.quiet
     stop_on_signals()
