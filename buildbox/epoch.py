@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from buildbox.constants import EPOCH, SRC, BuildUser
+from buildbox.constants import SRC, BuildUser
 from buildbox.errors import BuildFailed
 from buildbox.keys import EPOCH_FROM_CHANGELOG, EPOCH_FROM_COMMIT, epoch_rule
 from buildbox.recipe import Recipe
@@ -24,6 +24,15 @@ if TYPE_CHECKING:
 # Epochs a tool may give: from 1970 to the year 9999 (dpkg's and git's range is wider; a date past
 # it is a changelog's typo, not a build's date).
 LATEST = 253402300799
+# Each rule's reader: the command run in the box at SRC, why its answer is the epoch, and the fix
+# when it gives none.
+READERS = {
+    EPOCH_FROM_CHANGELOG: (["dpkg-parsechangelog", "-l", "debian/changelog", "-STimestamp"],
+                           "the date of debian/changelog's latest entry, as dpkg-buildpackage and sbuild take it",
+                           "give the source a well-formed debian/changelog"),
+    EPOCH_FROM_COMMIT: (["git", "-C", SRC, "log", "-1", "--format=%ct", "HEAD"], "the commit's committer time",
+                        "check the commit's committer date"),
+}
 
 
 def of_build(box: Box, recipe: Recipe, user: BuildUser) -> tuple[str, str]:
@@ -34,17 +43,11 @@ def of_build(box: Box, recipe: Recipe, user: BuildUser) -> tuple[str, str]:
     if own is not None:
         return own, "the recipe's [build] env sets it"
     rule = epoch_rule(recipe.source)
-    if rule == EPOCH_FROM_CHANGELOG:
-        argv, said = ["dpkg-parsechangelog", "-l", "debian/changelog", "-STimestamp"], \
-            "the date of debian/changelog's latest entry, as dpkg-buildpackage and sbuild take it"
-    elif rule == EPOCH_FROM_COMMIT:
-        argv, said = ["git", "-C", SRC, "log", "-1", "--format=%ct", "HEAD"], "the commit's committer time"
-    else:
-        return str(EPOCH), "buildbox's fixed epoch (a tarball source gives no date of its own)"
+    if rule not in READERS:
+        return str(rule), "buildbox's fixed epoch (a tarball source gives no date of its own)"
+    argv, said, fix = READERS[rule]
     out = box.run(argv, what=f"{argv[0]} for SOURCE_DATE_EPOCH", user=user.spec, env=user.login_env(),
                   cwd=SRC, capture=True, limits=recipe.limits.rlimits(), timeout=recipe.limits.timeout).strip()
     if not out.isascii() or not out.isdigit() or int(out) > LATEST:
-        raise BuildFailed(f"{argv[0]} gave no date for SOURCE_DATE_EPOCH ({out[:60]!r})",
-                          hint="give the source a well-formed debian/changelog" if argv[0] != "git"
-                          else "check the commit's committer date")
+        raise BuildFailed(f"{argv[0]} gave no date for SOURCE_DATE_EPOCH ({out[:60]!r})", hint=fix)
     return out, said
