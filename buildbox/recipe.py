@@ -346,6 +346,18 @@ def base_places(recipes_dir: Path) -> list[Path]:
     return unique
 
 
+def _trusted_base(path: Path, *, where: str) -> None:
+    """A base found in a folder (beside the recipe, or ./recipes/base/ of wherever buildbox runs)
+    is taken only if it and its folder are the invoking user's or root's and no one else may write
+    them: another host account cannot plant a base in a shared working directory (/tmp)."""
+    for place in (path, path.parent):
+        st = os.stat(place)
+        if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
+            raise InputError(f"base {path} is not taken: {place} belongs to uid {st.st_uid} or others may "
+                             f"write it (mode {stat.S_IMODE(st.st_mode):o})", where=where,
+                             hint=f"chown it to yourself and chmod go-w it, or remove {path}")
+
+
 def load_base(name: str, recipes_dir: Path, *, where: str) -> Base:
     """Read the base NAME.toml from the first of base_places(recipes_dir) that has it."""
     if not NAME_RE.fullmatch(name):
@@ -359,6 +371,7 @@ def load_base(name: str, recipes_dir: Path, *, where: str) -> Base:
         raise InputError(f"base '{name}' does not exist (looked for {looked})", where=where,
                          hint=f"known bases: {', '.join(known)}" if known
                          else f"create {places[0] / f'{name}.toml'}")
+    _trusted_base(path, where=where)
     doc = Doc(path)
     doc.check_keys(doc.data, (), {"set": list_of_tables, "limits": dict})
     sets = doc.data.get("set")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -186,3 +187,25 @@ def test_a_base_found_nowhere_names_every_place_looked(tmp_path: Path, monkeypat
     for place in (path.parent / "base", Path("recipes") / "base", SHIPPED_BASES):
         assert str(place / "nosuch.toml") in said, said
     assert "known bases: debian-bookworm" in said
+
+
+def test_a_base_another_account_could_have_planted_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Run from a shared folder, ./recipes/base/ may hold a base another host user wrote.
+    recipe = tmp_path / "mine" / "tool.toml"
+    recipe.parent.mkdir()
+    recipe.write_text('[source]\ndebian = "caddy"\n[build]\nscript = "true"\n')
+    planted = tmp_path / "recipes" / "base" / "debian-bookworm.toml"
+    planted.parent.mkdir(parents=True)
+    planted.write_text(f"[[set]]\nurl = 'evil.tgz'\nsha256 = '{'e' * 64}'\n")
+    monkeypatch.chdir(tmp_path)
+    os.chown(planted, 12345, 12345)
+    with pytest.raises(InputError) as caught:
+        load_recipe(recipe)
+    assert "is not taken" in str(caught.value) and "uid 12345" in str(caught.value)
+    os.chown(planted, 0, 0)
+    os.chmod(planted.parent, 0o777)
+    with pytest.raises(InputError) as caught:
+        load_recipe(recipe)
+    assert "mode 777" in str(caught.value)
+    os.chmod(planted.parent, 0o755)
+    assert isinstance(load_recipe(recipe).base.sets[0], TarballSet)
