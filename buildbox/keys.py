@@ -17,7 +17,9 @@ from typing import Any
 
 from buildbox.constants import BUILDER, EPOCH
 from buildbox.pins import DebianAsked, Known, Packages, Pins, SourcePin, Unresolved
-from buildbox.recipe import BootstrapSet, DebianSource, Fetch, GitSource, Recipe, Set, Source, TarballSet
+from buildbox.debian import DscSource
+from buildbox.recipe import (DEBIAN_KINDS, BootstrapSet, DebianSource, Fetch, GitSource, Recipe, Set, Source,
+                             TarballSet)
 
 # Bump on purpose when a key document changes shape: every cache entry is then made again once.
 FORMAT = 4
@@ -67,11 +69,13 @@ def base_key(set_keys: list[str]) -> str:
 
 
 def layer_document(base: str, *, install: tuple[str, ...] = (), build_deps: tuple[str, ...] = (),
-                   packages: Packages | None = None) -> dict[str, Any]:
-    """A package layer: its base and the packages asked for, or (locked) every pinned package."""
+                   depends: tuple[tuple[str, str], ...] = (), packages: Packages | None = None) -> dict[str, Any]:
+    """A package layer: its base and the packages asked for (with a .dsc's Build-Depends fields,
+    which it installs), or (locked) every pinned package."""
     if packages is not None:
         return document("layer", {"base": base, "packages": packages.as_dict()})
-    return document("layer", {"base": base, "install": sorted(install), "build-deps": sorted(build_deps)})
+    return document("layer", {"base": base, "install": sorted(install), "build-deps": sorted(build_deps),
+                              **({"build-depends": dict(depends)} if depends else {})})
 
 
 def layer_key(base: str, **asked: Any) -> str:
@@ -104,7 +108,7 @@ EPOCH_FROM_CHANGELOG, EPOCH_FROM_COMMIT = "debian/changelog", "git committer tim
 def epoch_rule(source: Source) -> str | int:
     """The rule of a build's SOURCE_DATE_EPOCH, as its key holds it: its kind of source's (whose
     value the source's pin keys already), or the fixed epoch itself."""
-    if isinstance(source, DebianSource):
+    if isinstance(source, DEBIAN_KINDS):
         return EPOCH_FROM_CHANGELOG
     if isinstance(source, GitSource):
         return EPOCH_FROM_COMMIT
@@ -164,7 +168,8 @@ def stages(recipe: Recipe, known: Known) -> dict[str, Stage]:
         assert not isinstance(known.packages, Unresolved)
         doc = layer_document(base.key, packages=known.packages)
     else:
-        doc = layer_document(base.key, install=recipe.layer_install, build_deps=recipe.build_deps)
+        doc = layer_document(base.key, install=recipe.layer_install, build_deps=recipe.build_deps,
+                             depends=recipe.source.depends if isinstance(recipe.source, DscSource) else ())
     layer = found["layer"] = Stage("layer", STAGE_KINDS["layer"], doc, key(doc))
     source: SourcePin | DebianAsked | Unresolved = known.source
     if isinstance(recipe.source, DebianSource) and not known.locked:
@@ -195,7 +200,8 @@ WORDS = {"script": "script changed", "env": "env changed", "limits": "limits cha
          "network": "network changed", "verify": "verify commands changed", "static": "static changed",
          "secret-env": "secret-env changed", "user": "build user changed", "sandbox": "buildbox's sandbox changed",
          "base": "base changed", "layer": "layer changed", "install": "install changed",
-         "build-deps": "build-deps changed", "suite": "suite changed", "mirror": "mirror changed",
+         "build-deps": "build-deps changed",
+         "build-depends": "the .dsc's Build-Depends changed", "suite": "suite changed", "mirror": "mirror changed",
          "variant": "variant changed", "epoch": "epoch changed", "sha256": "pinned sha256 changed"}
 
 

@@ -18,10 +18,11 @@ from typing import Any
 
 import tomlkit
 
+from buildbox.debian import ARCH_RE, PACKAGE_RE, VERSION_RE, DscSource
 from buildbox.errors import InputError
 from buildbox.pins import Pins
-from buildbox.recipe import (ARCH_RE, PACKAGE_RE, SHA256_RE, VERSION_RE, BootstrapSet, DebianSource, Doc, GitSource,
-                             Lock, Recipe, TarballSet, list_of_tables, read_recipe)
+from buildbox.recipe import (SHA256_RE, BootstrapSet, DebianSource, Doc, GitSource, Lock, Recipe, TarballSet,
+                             list_of_tables, read_recipe)
 from buildbox.store import write_atomically
 
 # 2: a bootstrap's and a fetched tree's digest are store.tree_sha256's format 2. A format-1 lock
@@ -73,6 +74,7 @@ def request(recipe: Recipe) -> dict[str, Any]:
     source = recipe.source
     described = (f"git {source.url} {source.ref}" if isinstance(source, GitSource) else
                  f"debian {source.package}" if isinstance(source, DebianSource) else
+                 f"dsc {source.package} {source.sha256}" if isinstance(source, DscSource) else
                  f"url {source.url} {source.sha256}")
     asked = {"sets": sets, "install": sorted(recipe.install), "build-deps": sorted(recipe.build_deps),
              "source": described}

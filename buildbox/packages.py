@@ -10,11 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from buildbox import log
+from buildbox import debian, log
 from buildbox.box import Box
 from buildbox.context import Context
+from buildbox.debian import DSC_DIR, DscSource
 from buildbox.errors import BuildFailed, BuildboxError, InputError
-from buildbox.store import Store, copy_sparse, file_sha256, write_meta
+from buildbox.store import Store, copy_sparse, file_sha256, remove_tree, write_meta
 
 if TYPE_CHECKING:
     from buildbox.recipe import Lock, Recipe
@@ -66,9 +67,20 @@ def keep_debs(new: Path, store: Store, index: dict[tuple[str, str, str], str]) -
 
 
 def make_layer(store: Store, lower: list[Path], install: tuple[str, ...], build_deps: tuple[str, ...],
-               entry: Path, logfile: Path, *, lock: Lock | None = None) -> None:
+               entry: Path, logfile: Path, *, lock: Lock | None = None, dsc: DscSource | None = None) -> None:
     """Install packages over `lower` and keep what changed as the layer `entry`/root: what the
-    recipe asks for, resolved by apt today, or with a lock exactly the packages it pins."""
+    recipe asks for (and a local .dsc's Build-Depends), resolved by apt today, or with a lock
+    exactly the packages it pins."""
+    staged = debian.stage(dsc, entry / ".dsc", with_files=False) if dsc and not lock else None
+    try:
+        _make_layer(store, lower, install, build_deps, entry, logfile, lock, staged)
+    finally:
+        if staged:
+            remove_tree(staged.parent)
+
+
+def _make_layer(store: Store, lower: list[Path], install: tuple[str, ...], build_deps: tuple[str, ...],
+                entry: Path, logfile: Path, lock: Lock | None, dsc: Path | None) -> None:
     with Box(store, lower, label="layer", upper=entry / "root", log=logfile) as box:
         new_debs = fetch_access(box, store)
 
@@ -84,6 +96,10 @@ def make_layer(store: Store, lower: list[Path], install: tuple[str, ...], build_
             if build_deps:
                 apt("build-dep", *APT_OPTS, "--", *build_deps,
                     what=f"installing the Build-Depends of {', '.join(build_deps)}")
+            if dsc:   # apt-get build-dep takes a .dsc's path (one ending in .dsc) as the source itself
+                box.bind(dsc.parent, DSC_DIR)
+                apt("build-dep", *APT_OPTS, "--", f"{DSC_DIR}/{dsc.name}",
+                    what=f"installing the Build-Depends of {dsc.name}")
         index = _index_sha256(box.path("/var/lib/apt/lists"))
         packages = _pins(box, index, (new_debs, store.dir("debs")))
         keep_debs(new_debs, store, index)
@@ -98,7 +114,9 @@ def make(ctx: Context, recipe: Recipe, base: list[Path], entry: Path, why: str =
     if lock:
         what = f"the {len(lock.pins.packages)} packages of {lock.path.name}"
     else:
-        what = ", ".join(recipe.layer_install + tuple(f"build-deps of {p}" for p in recipe.build_deps)) or "nothing"
+        dsc = (f"build-deps of {recipe.source.path.name}",) if isinstance(recipe.source, DscSource) else ()
+        what = ", ".join(recipe.layer_install + tuple(f"build-deps of {p}" for p in recipe.build_deps) + dsc) \
+            or "nothing"
     if recipe.implicit and not lock:
         implicit = (f"layer {recipe.name}: also installing {', '.join(recipe.implicit)}, which a Debian source "
                     "needs (as sbuild does)")
@@ -107,7 +125,8 @@ def make(ctx: Context, recipe: Recipe, base: list[Path], entry: Path, why: str =
     with log.step(f"Installing packages into a layer ({what})"):
         try:
             make_layer(ctx.store, base, recipe.layer_install, recipe.build_deps, entry,
-                       ctx.logfile(recipe.name, "packages", why), lock=lock)
+                       ctx.logfile(recipe.name, "packages", why), lock=lock,
+                       dsc=recipe.source if isinstance(recipe.source, DscSource) else None)
         except BuildFailed as err:
             raise explain_apt_failure(err, recipe.at("packages"), lock) from None
 

@@ -18,21 +18,14 @@ from urllib.parse import urlparse
 import tomlkit
 import tomlkit.exceptions
 
+from buildbox import debian
 from buildbox.constants import FETCH_ENV, OFFLINE_ENV
+from buildbox.debian import PACKAGE_RE, DscSource
 from buildbox.errors import InputError
 from buildbox.pins import Pins
 
 DEFAULT_BASE = "debian-bookworm"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
-# Debian policy's grammars of the Package, Version and Architecture fields: what reaches apt's and
-# dpkg's command lines from a recipe, a base or a lock must match them, and none can start with '-'.
-PACKAGE_RE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
-# [epoch:]upstream[-revision]: the upstream version may hold colons only after an epoch and hyphens
-# only before a revision. Four flat alternatives, so that a long hostile string is refused in
-# linear time, not by backtracking through nested stars.
-VERSION_RE = re.compile(r"[0-9]+:[0-9][A-Za-z0-9.+~:-]*-[A-Za-z0-9.+~]+|[0-9]+:[0-9][A-Za-z0-9.+~:]*"
-                        r"|[0-9][A-Za-z0-9.+~-]*-[A-Za-z0-9.+~]+|[0-9][A-Za-z0-9.+~]*")
-ARCH_RE = re.compile(r"[a-z0-9][a-z0-9-]*")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 SUITE_RE = re.compile(r"[a-z0-9][a-z0-9.+-]{0,63}")
@@ -109,7 +102,9 @@ class DebianSource:
     package: str
 
 
-Source = Union[GitSource, UrlSource, DebianSource]
+Source = Union[GitSource, UrlSource, DebianSource, DscSource]
+# The sources that are Debian source packages: unpacked by dpkg-source, dated by debian/changelog.
+DEBIAN_KINDS = (DebianSource, DscSource)
 
 
 SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -213,7 +208,7 @@ class Recipe:
     @property
     def implicit(self) -> tuple[str, ...]:
         """Packages the layer gets that the recipe need not list: what its kind of source needs."""
-        if isinstance(self.source, DebianSource):
+        if isinstance(self.source, DEBIAN_KINDS):
             return tuple(p for p in DEBIAN_SOURCE_NEEDS if p not in self.install)
         return ()
 
@@ -429,8 +424,12 @@ def read_recipe(path: Path) -> Recipe:
     doc = Doc(path)
     data = doc.data
     doc.check_keys(data, (), {"name": str, "base": str, "packages": dict, "source": dict, "fetch": dict,
-                              "build": dict, "verify": dict, "limits": dict})
-    name = data.get("name", path.stem)
+                              "build": dict, "debian": dict, "verify": dict, "limits": dict})
+    source = _parse_source(doc, data.get("source"))
+    build = data.get("build")
+    # A Debian source with no [build] script is built as sbuild builds it (README, "Recipes from Debian").
+    one_line = isinstance(source, DEBIAN_KINDS) and (build is None or "script" not in build)
+    name = data.get("name", source.package if one_line else path.stem)   # type: ignore[union-attr]
     if not NAME_RE.fullmatch(name):
         doc.fail((), "name" if "name" in data else None,
                  f"recipe name '{name}' is not allowed: it names the directory out/{name}",
@@ -442,19 +441,26 @@ def read_recipe(path: Path) -> Recipe:
     doc.check_keys(packages, ("packages",), {"install": list, "build-deps": list})
     install = _check_packages(doc, ("packages",), "install", packages.get("install", []))
     build_deps = _check_packages(doc, ("packages",), "build-deps", packages.get("build-deps", []))
-
-    source = _parse_source(doc, data.get("source"))
     if isinstance(source, GitSource) and "git" not in install:
         install += ("git",)   # a git source is resolved and cloned with the box's own git
+    if one_line and isinstance(source, DebianSource) and source.package not in build_deps:
+        build_deps += (source.package,)   # its Build-Depends, as sbuild installs them (a .dsc's: packages.py)
 
-    build = data.get("build")
     if build is None:
-        doc.fail((), None, "[build] is missing", "add [build] with script = '''...'''")
+        if not one_line:
+            doc.fail((), None, "[build] is missing", "add [build] with script = '''...'''")
+        build = {}
     doc.check_keys(build, ("build",), {"script": str, "env": dict, "network": bool, "secret-env": list})
-    script = build.get("script", "")
-    if not script.strip():
-        doc.fail(("build",), "script" if "script" in build else None, "the build script is empty",
-                 "write the commands that build into $OUT in script = '''...'''")
+    binaries, debs = _parse_debian(doc, data.get("debian"), source, one_line)
+    if one_line:
+        script = debian.BUILD + debian.executables_script(binaries)
+    else:
+        script = build.get("script", "")
+        if not script.strip():
+            doc.fail(("build",), "script" if "script" in build else None, "the build script is empty",
+                     "write the commands that build into $OUT in script = '''...'''")
+    if debs:
+        script = script.rstrip("\n") + "\n" + debian.debs_script(name)
     env = _check_env(doc, ("build",), build.get("env", {}))
     secret_env = build.get("secret-env", [])
     fetch_set = (*FETCH_ENV, *OFFLINE_ENV) if "fetch" in data else ()
@@ -522,7 +528,7 @@ def _parse_fetch(doc: Doc, fetch: dict[str, Any] | None, source: Source) -> Fetc
     # host-ports is checked below, whatever its type: check_keys has no "list of ints".
     doc.check_keys({key: value for key, value in fetch.items() if key != "host-ports"}, table,
                    {"script": str, "env": dict, "sha256": str, "host-ports": object})
-    if isinstance(source, DebianSource):
+    if isinstance(source, DEBIAN_KINDS):
         doc.fail(table, None, "[fetch] goes with a git or url source: a debian source's package already "
                  "brings everything its build needs", "remove [fetch], or build from the upstream git or tarball")
     script = fetch.get("script", "")
@@ -546,6 +552,26 @@ def _parse_fetch(doc: Doc, fetch: dict[str, Any] | None, source: Source) -> Fetc
             doc.fail(table, "host-ports", f"host-ports holds {port!r}, which is not a TCP port (1 to 65535)",
                      "write host-ports = [3000]: the ports on the host's loopback the fetch may reach")
     return Fetch(script, tuple(sorted(env.items())), digest, tuple(sorted(set(ports))))
+
+
+def _parse_debian(doc: Doc, table: dict[str, Any] | None, source: Source,
+                  one_line: bool) -> tuple[tuple[str, ...], bool]:
+    """[debian]: which binary packages' executables a one-line recipe takes (all, unless named),
+    and whether the .debs are kept as a repository in out/NAME/debs (a one-line recipe's default)."""
+    if table is None:
+        return (), one_line
+    key = ("debian",)
+    doc.check_keys(table, key, {"binaries": list, "debs": bool})
+    if not isinstance(source, DEBIAN_KINDS):
+        doc.fail(key, None, "[debian] goes with a debian or dsc source",
+                 'remove [debian], or build a Debian source package ([source] debian = "PACKAGE")')
+    if "binaries" in table and not one_line:
+        doc.fail(key, "binaries", "[debian] binaries picks the executables of a recipe with no [build] script, "
+                 "and this one has a script", "copy what it should keep into $OUT in the script, or remove binaries")
+    if "binaries" in table and not table["binaries"]:
+        doc.fail(key, "binaries", "[debian] binaries names no package",
+                 "name binary packages (binaries = [\"fd-find\"]), or remove it to take every package's executables")
+    return _check_packages(doc, key, "binaries", table.get("binaries", [])), table.get("debs", one_line)
 
 
 def _kernel_most(key: str) -> int:
@@ -585,14 +611,14 @@ def _parse_limits(doc: Doc, table: dict[str, Any], allowed: dict[str, str]) -> t
 def _parse_source(doc: Doc, source: dict[str, Any] | None) -> Source:
     table = ("source",)
     if source is None:
-        doc.fail((), None, "[source] is missing", 'add [source] with git = "URL", url = "URL" or debian = "PACKAGE"')
-    doc.check_keys(source, table, {"git": str, "ref": str, "url": str, "sha256": str, "debian": str})
-    kinds = [k for k in ("git", "url", "debian") if k in source]
+        doc.fail((), None, "[source] is missing", 'add [source] with git = "URL", url = "URL", debian = "PACKAGE" or dsc = "FILE.dsc"')
+    doc.check_keys(source, table, {"git": str, "ref": str, "url": str, "sha256": str, "debian": str, "dsc": str})
+    kinds = [k for k in ("git", "url", "debian", "dsc") if k in source]
     if not kinds:
-        doc.fail(table, None, "[source] names no source", "add exactly one of git, url or debian")
+        doc.fail(table, None, "[source] names no source", "add exactly one of git, url, debian or dsc")
     if len(kinds) > 1:
         doc.fail(table, kinds[1], f"[source] names both '{kinds[0]}' and '{kinds[1]}'",
-                 "keep exactly one of git, url or debian")
+                 "keep exactly one of git, url, debian or dsc")
     kind = kinds[0]
     for key, owner in (("ref", "git"), ("sha256", "url")):
         if key in source and kind != owner:
@@ -616,6 +642,13 @@ def _parse_source(doc: Doc, source: dict[str, Any] | None) -> Source:
         if "sha256" not in source:
             doc.fail(table, "url", "a url source needs a sha256", 'add sha256 = "..." (sha256sum of the tarball)')
         return UrlSource(source["url"], _check_sha256(doc, table, source["sha256"]))
+    if kind == "dsc":
+        value = source["dsc"]
+        if not value.strip() or "\0" in value or not value.endswith(".dsc"):
+            doc.fail(table, "dsc", f"dsc = {value!r} names no .dsc file",
+                     'write dsc = "path/to/foo_1.0-1.dsc", relative to the recipe\'s folder')
+        return debian.read_dsc(Path(os.path.abspath(doc.path.parent / value)),
+                               where=f"{doc.path}:{doc.line_of(table, 'dsc')}")
     package = source["debian"]
     if not PACKAGE_RE.fullmatch(package):
         doc.fail(table, "debian", f"'{package}' is not a Debian source package name",

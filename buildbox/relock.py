@@ -15,6 +15,7 @@ from buildbox import keys, layers, sets, source
 from buildbox.keys import Stage
 from buildbox.lock import lock_path, write_lock
 from buildbox.pins import GitPin, Known, Packages, Pins, TarballPin, source_pin
+from buildbox.debian import DscSource
 from buildbox.recipe import GitSource, Recipe, TarballSet, UrlSource
 from buildbox.store import Store, read_meta, write_inputs
 from buildbox.tasks import Graph
@@ -59,6 +60,8 @@ def resolve_afresh(graph: Graph, recipe: Recipe) -> Pins:
     asked = recipe.source
     if isinstance(asked, UrlSource):
         pin = TarballPin(asked.url, asked.sha256)
+    elif isinstance(asked, DscSource):
+        pin = asked.pin
     elif isinstance(asked, GitSource):
         pin = GitPin(asked.url, source.resolve_git(store, under, asked, where=recipe.at("source")))
         graph.resolver.pin_commit(recipe, pin.commit)

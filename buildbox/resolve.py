@@ -12,6 +12,7 @@ from pathlib import Path
 
 from buildbox import keys, log
 from buildbox.errors import BuildboxError
+from buildbox.debian import DscSource
 from buildbox.pins import GitPin, Known, Packages, SourcePin, TarballPin, Unresolved, source_pin
 from buildbox.recipe import BootstrapSet, GitSource, Recipe, Set, TarballSet, UrlSource
 from buildbox.records import RunRecord
@@ -80,6 +81,8 @@ class Resolver:
         source = recipe.source
         if isinstance(source, UrlSource):
             return TarballPin(source.url, source.sha256)
+        if isinstance(source, DscSource):
+            return source.pin   # a local .dsc is pinned by its sha256 as soon as it is read
         if isinstance(source, GitSource):
             commit = self.commit(recipe)
             return commit if isinstance(commit, Unresolved) else GitPin(source.url, commit)

@@ -1,5 +1,5 @@
-"""Sources: a git commit, a tarball checked by sha256, or a Debian source package, each unpacked
-into a layer that holds /build/src, owned by the build user."""
+"""Sources: a git commit, a tarball checked by sha256, or a Debian source package (from the
+archive, or a local .dsc), each unpacked into a layer that holds /build/src, owned by the build user."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import re
 from pathlib import Path
 
-from buildbox import log
+from buildbox import debian, log
 from buildbox.constants import BUILD_DIR, BUILDER, SRC
 from buildbox.box import Box
 from buildbox.context import Context
@@ -90,6 +90,8 @@ def make_source(store: Store, layers: list[Path], source: Source, commit: str | 
     [source]) as its meta. A pin given (from a lock) says which version to fetch, and is checked."""
     if isinstance(source, UrlSource):
         _from_tarball(store, source, limits, entry)
+    elif isinstance(source, debian.DscSource):
+        _from_dsc(store, layers, source, entry, logfile)
     else:
         _in_box(store, layers, source, commit, entry, logfile, pin)
 
@@ -145,6 +147,25 @@ def _in_box(store: Store, layers: list[Path], source: GitSource | DebianSource, 
                                   "before re-locking")
             box.run(["dpkg-source", "-x", f"{BUILD_DIR}/{dscs[0].name}", SRC], what="dpkg-source -x",
                     user=BUILDER.spec, env=BUILDER.login_env(), cwd=BUILD_DIR, log=logfile)
+    _keep_src(entry, upper, meta)
+
+
+def _from_dsc(store: Store, layers: list[Path], source: debian.DscSource, entry: Path, logfile: Path) -> None:
+    """A local .dsc: its files copied and hashed against it on the host, unpacked by dpkg-source
+    in a box as the build user (with no network: everything it needs is in the .dsc's files)."""
+    staged = debian.stage(source, entry / ".dsc")
+    upper = entry / ".upper"
+    try:
+        with Box(store, layers, label="source", upper=upper, log=logfile) as box:
+            box.bind(staged.parent, debian.DSC_DIR)
+            box.run(["dpkg-source", "-x", f"{debian.DSC_DIR}/{staged.name}", SRC], what="dpkg-source -x",
+                    user=BUILDER.spec, env=BUILDER.login_env(), cwd=BUILD_DIR, log=logfile)
+    finally:
+        remove_tree(staged.parent)
+    _keep_src(entry, upper, source.pin.as_dict())
+
+
+def _keep_src(entry: Path, upper: Path, meta: dict[str, str]) -> None:
     # The upper layer holds /build/src as the build user wrote it; keep that and nothing else
     # (not the downloaded files, not what git or apt left in the home directory).
     build = entry / BUILD_DIR.lstrip("/")

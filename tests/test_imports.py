@@ -45,7 +45,7 @@ def graph() -> dict[str, set[str]]:
 LAYERS = {
     "core": {"errors", "constants", "log", "pins", "space", "signing", "__init__"},
     "cache": {"store"},
-    "input": {"recipe", "lock", "keys", "records", "context", "config"},
+    "input": {"debian", "recipe", "lock", "keys", "records", "context", "config"},
     "sandbox": {"process", "inroot", "idmap", "cgroup", "box", "enter", "sandbox"},
     "stages": {"sets", "base", "packages", "source", "fetch", "epoch", "build", "out", "elf", "verify", "shell", "gc", "remote"},
     "plan": {"resolve", "layers", "why", "tasks", "relock"},
@@ -101,10 +101,13 @@ def test_the_layers_hold_constants_recipe_and_lock_at_the_bottom() -> None:
     edges = graph()
     assert edges["constants"] == set()
     assert edges["pins"] == set()
-    assert edges["recipe"] <= {"errors", "pins", "constants"}
-    assert edges["lock"] <= {"errors", "recipe", "store", "pins"}
-    # Keys are pure: nothing that touches the disk, processes or the network.
-    assert edges["keys"] <= {"constants", "recipe", "pins"}
+    # debian.py is the recipe's reader of Debian's formats (a .dsc, the policy's grammars).
+    assert edges["debian"] <= {"errors", "pins", "constants"}
+    assert edges["recipe"] <= {"errors", "pins", "constants", "debian"}
+    assert edges["lock"] <= {"errors", "recipe", "store", "pins", "debian"}
+    # Keys are pure: nothing that touches the disk, processes or the network (of debian.py, only
+    # the DscSource value).
+    assert edges["keys"] <= {"constants", "recipe", "pins", "debian"}
     assert "tasks" not in set().union(*(edges[m] for m in edges if m not in ("relock", "cli")
                                        and not m.startswith("commands.")))
 

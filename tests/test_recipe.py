@@ -51,7 +51,8 @@ BAD = [
     ('[source]\nurl = "http://x/y.tgz"\n[build]\nscript = "true"\n', 2, "needs a sha256"),
     ('[source]\ndebian = "caddy"\nref = "main"\n[build]\nscript = "true"\n', 3, "'ref' goes with a git source"),
     ('[source]\ndebian = "caddy"\n[build]\nscript = """\n\n"""\n', 4, "the build script is empty"),
-    ('[source]\ndebian = "caddy"\n', 1, "[build] is missing"),
+    # A Debian source with no [build] script is a one-line recipe; any other source needs a script.
+    ('[source]\ngit = "https://example.org/x.git"\n', 1, "[build] is missing"),
     ('base = "nope"\n[source]\ndebian = "caddy"\n[build]\nscript = "true"\n', 1, "base 'nope' does not exist"),
     ('name = "../escape"\n[source]\ndebian = "caddy"\n[build]\nscript = "true"\n', 1, "out/../escape"),
     ('[packages]\nbuild-deps = ["Not A Package"]\n[source]\ndebian = "caddy"\n[build]\nscript = "true"\n', 2,
