@@ -21,6 +21,11 @@ from buildbox.debian import DscSource
 from buildbox.recipe import (DEBIAN_KINDS, BootstrapSet, DebianSource, Fetch, GitSource, Recipe, Set, Source,
                              TarballSet)
 
+# The buildd's build-essential set: one layer of them per base, which the layer of every unlocked
+# recipe of a Debian source stands on (its own layer installs only its own dependencies then). A
+# locked recipe's layer holds every package its lock pins, over the base, as before.
+ESSENTIALS = ("build-essential", "debhelper", "dpkg-dev", "fakeroot")
+
 # Bump on purpose when a key document changes shape: every cache entry is then made again once.
 FORMAT = 4
 # Part of every build's key: a change to what the box does makes every build run again.
@@ -151,7 +156,8 @@ class Stage:
 
 
 def stages(recipe: Recipe, known: Known) -> dict[str, Stage]:
-    """Every stage of the recipe, in pipeline order, from its pins as far as they are known:
+    """Every stage of the recipe, in pipeline order (an unlocked Debian source's shared layer of
+    ESSENTIALS, "essentials", under its own), from its pins as far as they are known:
     a pure function (no cache, no process, no network; resolve.py finds the pins)."""
     found: dict[str, Stage] = {}
     set_keys = []
@@ -168,7 +174,11 @@ def stages(recipe: Recipe, known: Known) -> dict[str, Stage]:
         assert not isinstance(known.packages, Unresolved)
         doc = layer_document(base.key, packages=known.packages)
     else:
-        doc = layer_document(base.key, install=recipe.layer_install, build_deps=recipe.build_deps,
+        under = base
+        if isinstance(recipe.source, DEBIAN_KINDS):
+            doc = layer_document(base.key, install=ESSENTIALS)
+            under = found["essentials"] = Stage("essentials", STAGE_KINDS["layer"], doc, key(doc))
+        doc = layer_document(under.key, install=recipe.layer_install, build_deps=recipe.build_deps,
                              depends=recipe.source.depends if isinstance(recipe.source, DscSource) else ())
     layer = found["layer"] = Stage("layer", STAGE_KINDS["layer"], doc, key(doc))
     source: SourcePin | DebianAsked | Unresolved = known.source

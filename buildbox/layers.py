@@ -14,7 +14,8 @@ from buildbox.recipe import BootstrapSet, Recipe, Set, TarballSet
 from buildbox.records import manifest_inputs
 from buildbox.store import Store
 
-TOPS = ("base", "layer", "source")   # what a box can stand on, bottom first
+# What a box can stand on, bottom first ("essentials": the shared layer under a Debian source's own).
+TOPS = ("base", "essentials", "layer", "source")
 
 
 def entry(store: Store, stage: Stage) -> Path:
@@ -39,12 +40,12 @@ def under_base(store: Store, recipe: Recipe, stages: dict[str, Stage]) -> list[P
 
 
 def stack(store: Store, recipe: Recipe, stages: dict[str, Stage], top: str) -> list[Path]:
-    """The read-only layers of a box standing on stage `top` (base, layer or source), top first."""
+    """The read-only layers of a box standing on stage `top` (base, essentials, layer or source),
+    top first; "essentials" is the base for a recipe that has none."""
     layers = [entry(store, stages["base"]) / "root", *under_base(store, recipe, stages)]
-    if TOPS.index(top) >= 1:
-        layers.insert(0, entry(store, stages["layer"]) / "root")
-    if TOPS.index(top) >= 2:
-        layers.insert(0, entry(store, stages["source"]))
+    for name in TOPS[1:TOPS.index(top) + 1]:
+        if name in stages:
+            layers.insert(0, entry(store, stages[name]) / ("" if name == "source" else "root"))
     return layers
 
 

@@ -131,6 +131,17 @@ def make(ctx: Context, recipe: Recipe, base: list[Path], entry: Path, why: str =
             raise explain_apt_failure(err, recipe.at("packages"), lock) from None
 
 
+def make_essentials(ctx: Context, recipe: Recipe, base: list[Path], entry: Path, why: str = "") -> None:
+    """The shared layer of the buildd's build-essential set over a base (keys.ESSENTIALS), made
+    once for every recipe of a Debian source on that base."""
+    from buildbox.keys import ESSENTIALS
+    with log.step(f"Installing the build essentials into a shared layer ({', '.join(ESSENTIALS)})"):
+        try:
+            make_layer(ctx.store, base, ESSENTIALS, (), entry, ctx.logfile(recipe.name, "essentials", why))
+        except BuildFailed as err:
+            raise explain_apt_failure(err, recipe.at("packages")) from None
+
+
 def _installed(box: Box) -> dict[str, tuple[str, str]]:
     """Every package installed in the box: name (name:arch if foreign) -> (version, arch)."""
     out = box.run(["dpkg-query", "-W", "-f", "${Package}\t${Version}\t${Architecture}\t${db:Status-Abbrev}\n"],

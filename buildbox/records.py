@@ -157,7 +157,7 @@ def manifest_inputs(recipe: Recipe, pins: Pins, stages: dict[str, Stage]) -> dic
             "lock": str(recipe.lock.path) if recipe.lock else None,
             **({"fetch": {"sha256": pins.fetch, "pinned": by}} if fetch else {}),
             "materials": materials(recipe, pins),
-            "entries": {"builds": [key("build")], "layers": [key("layer")], "sources": [key("source")],
+            "entries": {"builds": [key("build")], "layers": [key("layer"), *([key("essentials")] if "essentials" in stages else [])], "sources": [key("source")],
                         "bases": [key("base")],
                         "downloads": [s.sha256 for s in recipe.base.sets if isinstance(s, TarballSet)]
                         + ([recipe.source.sha256] if isinstance(recipe.source, UrlSource) else []),

@@ -109,6 +109,13 @@ class Graph:
         stages = self.stages(recipe)
         stage = stages["layer"]
         self.store.ensure(stage.kind, stage.key, lambda tmp: packages.make(   # type: ignore[arg-type]
+            self.ctx, recipe, layers.stack(self.store, recipe, stages, "essentials"), tmp,
+            announce(self.store, recipe, stage)), inputs=stage.document)
+
+    def make_essentials(self, recipe: Recipe) -> None:
+        stages = self.stages(recipe)
+        stage = stages["essentials"]
+        self.store.ensure(stage.kind, stage.key, lambda tmp: packages.make_essentials(   # type: ignore[arg-type]
             self.ctx, recipe, layers.stack(self.store, recipe, stages, "base"), tmp,
             announce(self.store, recipe, stage)), inputs=stage.document)
 
@@ -287,6 +294,7 @@ class Graph:
                 sets_.setdefault(stage.key, (spec, stage, pinned[index], where, recipe))   # type: ignore[arg-type]
         bases = {every[r.name]["base"].key: r for r in self.recipes}
         layer_tasks = {every[r.name]["layer"].key: r for r in self.recipes}
+        shared = {every[r.name]["essentials"].key: r for r in self.recipes if "essentials" in every[r.name]}
         below = {r.name: self.needs_stages_below(r) for r in self.recipes}
 
         def base_task(recipe: Recipe) -> str:
@@ -313,11 +321,19 @@ class Graph:
                        "doc": f"base root {recipe.base.name}"}
 
         def task_layer() -> Iterator[dict[str, Any]]:
-            """Package layers: apt installs kept as overlay layers."""
+            """Package layers: apt installs kept as overlay layers (a Debian source's over the shared
+            layer of build essentials)."""
+            for key, recipe in shared.items():
+                yield {"name": key[:12], "actions": [self._action(f"layer:{key[:12]}",
+                                                                  lambda r=recipe: self.make_essentials(r))],
+                       "task_dep": [f"base:{base_task(recipe)}"],
+                       "uptodate": [lambda k=key: self.store.intact("layers", k)],
+                       "doc": f"build essentials on {recipe.base.name}"}
             for key, recipe in layer_tasks.items():
+                under = every[recipe.name].get("essentials")
                 yield {"name": key[:12], "actions": [self._action(f"layer:{key[:12]}",
                                                                   lambda r=recipe: self.make_layer(r))],
-                       "task_dep": [f"base:{base_task(recipe)}"],
+                       "task_dep": [f"layer:{under.key[:12]}" if under else f"base:{base_task(recipe)}"],
                        "uptodate": [lambda k=key: self.store.intact("layers", k)],
                        "doc": f"packages for {recipe.name}"}
 

@@ -13,7 +13,7 @@ from buildbox.records import FetchRecord, GitRecord, RunRecord
 from buildbox.store import Store
 
 # The stages whose entries `list` looks for, in pipeline order: the first one missing says why.
-CHECKED = ("base", "layer", "source", "build")
+CHECKED = ("base", "essentials", "layer", "source", "build")
 
 
 def why(store: Store, recipe: Recipe, stage: Stage) -> str:
@@ -52,7 +52,7 @@ def why_fetch(store: Store, recipe: Recipe, stage: Stage, pinned: str | None) ->
 def stale(store: Store, recipe: Recipe, stages: dict[str, Stage]) -> str | None:
     """Offline, why the recipe needs a build: the line its first stage not in the cache would
     say, or None when every stage is (or one cannot be known without resolving)."""
-    for name in CHECKED:
+    for name in (name for name in CHECKED if name in stages):
         stage = stages[name]
         if not isinstance(stage.key, str):
             return None
