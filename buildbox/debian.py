@@ -91,14 +91,14 @@ def read_dsc(path: Path, where: str) -> DscSource:
     version = field("Version", VERSION_RE, "a Debian version")
     listed, line = fields.get("Checksums-Sha256", ("", 1))
     files = []
-    for entry in listed.splitlines():
+    for offset, entry in enumerate(listed.split("\n")):   # the field's own line, then one per file
         parts = entry.split()
         if not parts:
             continue
         if len(parts) != 3 or not re.fullmatch(r"[0-9a-f]{64}", parts[0]) or not parts[1].isdigit() \
                 or not FILE_NAME_RE.fullmatch(parts[2]):
-            raise InputError(f"the .dsc's Checksums-Sha256 line {entry.strip()[:80]!r} is not 'SHA256 SIZE NAME'",
-                             where=f"{path}:{line}", hint="make the .dsc again with dpkg-source -b")
+            raise InputError(f"the .dsc's Checksums-Sha256 line {entry.strip()[:100]!r} is not 'SHA256 SIZE NAME'",
+                             where=f"{path}:{line + offset}", hint="make the .dsc again with dpkg-source -b")
         files.append(DscFile(parts[2], parts[0], int(parts[1])))
     if not files:
         raise InputError("the .dsc names no files in Checksums-Sha256", where=f"{path}:{line}",

@@ -10,7 +10,6 @@ import re
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -167,15 +166,17 @@ def test_a_file_beside_the_dsc_that_is_not_what_it_says_is_refused_naming_it(wor
 
 
 def test_two_debian_recipes_share_one_layer_of_build_essentials(workspace: Workspace, dsc: Path) -> None:
-    shipped = workspace.root / "recipes" / "tree.toml"
-    shutil.copy(REPO / "recipes" / "tree.toml", shipped)
+    shipped = [workspace.root / "recipes" / f"{name}.toml" for name in ("tree", "pv")]
+    for path in shipped:
+        shutil.copy(REPO / "recipes" / path.name, path)
     first = dsc_recipe(workspace, dsc, "stamp")
-    workspace.buildbox("run", first, shipped)
+    workspace.buildbox("run", first, *shipped)   # and their [verify] run commands pass
     assert subprocess.run([workspace.root / "out" / "tree" / "tree", "--version"], capture_output=True,
                           text=True, check=True).stdout.startswith("tree v2.1.0")
-    keys = keys_of(workspace, first), keys_of(workspace, shipped)
-    assert keys[0]["essentials"] == keys[1]["essentials"]
-    assert keys[0]["layer"] != keys[1]["layer"]
+    assert (workspace.root / "out" / "pv" / "debs" / "pv_1.6.20-1_amd64.deb").is_file()
+    keys = [keys_of(workspace, recipe) for recipe in (first, *shipped)]
+    assert len({k["essentials"] for k in keys}) == 1
+    assert len({k["layer"] for k in keys}) == 3
     # tree's own layer installs only its own dependencies: none of the build essentials again.
     logs = workspace.cache / "logs"
     setting_up = lambda log: set(re.findall(r"^Setting up (\S+) ", log.read_text(), re.MULTILINE))  # noqa: E731
@@ -184,3 +185,58 @@ def test_two_debian_recipes_share_one_layer_of_build_essentials(workspace: Works
     assert {"debhelper", "dpkg-dev", "gcc", "make"} <= essentials
     assert not own & essentials, own & essentials
     assert len(own) < len(essentials)
+
+
+@pytest.fixture
+def throwaway_user() -> str:
+    """A host account made for one test, with the subordinate id range useradd gives it, removed after."""
+    name = f"bbsb{os.getpid() % 100000}"
+    subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=True, capture_output=True)
+    try:
+        if not any(line.startswith(f"{name}:") for line in Path("/etc/subuid").read_text().splitlines()):
+            subprocess.run(["usermod", "--add-subuids", "200000-265535", "--add-subgids", "200000-265535", name],
+                           check=True)
+        yield name
+    finally:
+        subprocess.run(["pkill", "-u", name], capture_output=True)
+        subprocess.run(["userdel", "--remove", name], capture_output=True)
+
+
+def deb_data(deb: Path) -> bytes:
+    """A .deb's data: the tar of the files it installs."""
+    return subprocess.run(["dpkg-deb", "--fsys-tarfile", deb], capture_output=True, check=True).stdout
+
+
+def test_a_dsc_built_by_buildbox_and_by_sbuild_gives_the_same_binaries_and_debs(
+        workspace: Workspace, dsc: Path, throwaway_user: str) -> None:
+    missing = [tool for tool in ("sbuild", "newuidmap", "mmdebstrap") if not shutil.which(tool)]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} missing (README's first command installs sbuild and uidmap)")
+    workspace.buildbox("run", dsc_recipe(workspace, dsc, "stamp"))
+    ours = workspace.root / "out" / "stamp-date" / "debs"
+
+    home = Path(f"/home/{throwaway_user}")
+    as_user = ["runuser", "-u", throwaway_user, "--"]
+    sources = home / "src"
+    shutil.copytree(dsc.parent, sources)
+    chroots = home / ".cache" / "sbuild"
+    chroots.mkdir(parents=True)
+    # sbuild's unshare mode takes ~/.cache/sbuild/SUITE-ARCH.tar: a buildd bootstrap by mmdebstrap.
+    subprocess.run(["mmdebstrap", "--quiet", "--variant=buildd", "bookworm", chroots / "bookworm-amd64.tar",
+                    "http://deb.debian.org/debian"], check=True, capture_output=True)
+    subprocess.run(["chown", "-R", f"{throwaway_user}:", home], check=True)
+    built = home / "built"
+    built.mkdir()
+    shutil.chown(built, throwaway_user)
+    result = subprocess.run([*as_user, "sbuild", "--chroot-mode=unshare", "--dist=bookworm", "--arch=amd64",
+                             "--no-run-lintian", "--no-run-piuparts", "--no-run-autopkgtest", "--no-source",
+                             f"--build-dir={built}", str(sources / dsc.name)],
+                            cwd=home, capture_output=True, text=True, env={"PATH": os.environ["PATH"], "HOME": str(home)})
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    for deb in ("stamp-date_1.0_amd64.deb", "stamp-extra_1.0_amd64.deb"):
+        assert deb_data(built / deb) == deb_data(ours / deb), f"{deb}: sbuild's data differs from buildbox's"
+    unpacked = workspace.root / "sbuild-unpacked"
+    subprocess.run(["dpkg-deb", "-x", built / "stamp-date_1.0_amd64.deb", unpacked], check=True)
+    binary = unpacked / "usr" / "bin" / "stamp-date"
+    assert binary.read_bytes() == (workspace.root / "out" / "stamp-date" / "stamp-date").read_bytes()
+    assert subprocess.run([binary], capture_output=True, text=True, check=True).stdout == f"{STAMP}\n"

@@ -83,6 +83,81 @@ BAD = [
 ]
 
 
+BAD += [
+    # [debian] and the one-line form (README, "Recipes from Debian").
+    ('[source]\ngit = "https://x/y.git"\n[build]\nscript = "true"\n[debian]\ndebs = true\n', 5,
+     "[debian] goes with a debian or dsc source"),
+    ('[source]\ndebian = "tree"\n[build]\nscript = "true"\n[debian]\nbinaries = ["tree"]\n', 6,
+     "binaries picks the executables of a recipe with no [build] script"),
+    ('[source]\ndebian = "tree"\n[debian]\nbinaries = []\n', 4, "[debian] binaries names no package"),
+    ('[source]\ndebian = "tree"\n[debian]\nbinaries = ["-x"]\n', 4, "'-x' is not a Debian package name"),
+    ('[source]\ndebian = "tree"\n[debian]\ndebs = "yes"\n', 4, "'debs' must be a boolean"),
+    ('[source]\ndsc = "nowhere/foo_1.0.dsc"\n', 2, "does not exist"),
+    ('[source]\ndsc = "foo.tar.gz"\n', 2, "names no .dsc file"),
+]
+
+
+def test_a_debian_source_with_no_script_is_a_one_line_recipe_named_by_its_source(tmp_path: Path) -> None:
+    from buildbox import debian
+    recipe = load_recipe(write(tmp_path, '[source]\ndebian = "tree"\n', "whatever"))
+    assert recipe.name == "tree" and recipe.build_deps == ("tree",)
+    assert recipe.script.startswith(debian.BUILD) and "dpkg-scanpackages" in recipe.script   # debs: the default
+    picked = load_recipe(write(tmp_path, '[source]\ndebian = "rust-fd-find"\n[debian]\nbinaries = ["fd-find"]\n'
+                               'debs = false\n'))
+    assert "for package in fd-find; do" in picked.script and "dpkg-scanpackages" not in picked.script
+    # A recipe with a script keeps it as it was, and keeps no .debs unless it asks.
+    caddy = load_recipe(REPO / "recipes" / "caddy.toml")
+    assert caddy.script == load_recipe(REPO / "recipes" / "caddy.toml").script and debian.BUILD not in caddy.script
+    assert "dpkg-scanpackages" not in caddy.script
+
+
+DSC = """\
+-----BEGIN PGP SIGNED MESSAGE-----
+Hash: SHA256
+
+Format: 3.0 (quilt)
+Source: foo
+Version: 1:1.0-2
+Build-Depends: debhelper-compat (= 13),
+ libfoo-dev
+Checksums-Sha256:
+ {digest} 3 foo_1.0.orig.tar.gz
+-----BEGIN PGP SIGNATURE-----
+
+abc
+-----END PGP SIGNATURE-----
+"""
+
+
+def test_a_dsc_is_read_with_its_files_and_build_depends_and_a_bad_one_is_refused_on_its_line(tmp_path: Path) -> None:
+    import hashlib
+    from buildbox.debian import DscFile, read_dsc, stage
+    digest = hashlib.sha256(b"abc").hexdigest()
+    path = tmp_path / "foo_1.0-2.dsc"
+    path.write_text(DSC.format(digest=digest))
+    (tmp_path / "foo_1.0.orig.tar.gz").write_bytes(b"abc")
+    found = read_dsc(path, "recipe:2")
+    assert (found.package, found.version) == ("foo", "1:1.0-2")
+    assert found.files == (DscFile("foo_1.0.orig.tar.gz", digest, 3),)
+    assert found.depends == (("Build-Depends", "debhelper-compat (= 13), libfoo-dev"),)
+    assert found.pin.dsc_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    staged = stage(found, tmp_path / "staged")
+    assert (staged.parent / "foo_1.0.orig.tar.gz").read_bytes() == b"abc"
+    for bad, line, words in [(DSC.replace("Source: foo", "Source: -foo"), 5, "Source field '-foo'"),
+                             (DSC.replace(" foo_1.0.orig", " ../foo_1.0.orig"), 10, "is not 'SHA256 SIZE NAME'"),
+                             (DSC.replace("Version: 1:1.0-2", "Version: --help"), 6, "Version field")]:
+        path.write_text(bad.format(digest=digest))
+        with pytest.raises(InputError) as caught:
+            read_dsc(path, "recipe:2")
+        assert str(caught.value).startswith(f"{path}:{line}: ") and words in str(caught.value), str(caught.value)
+    # A file beside it that is not what it says is refused, naming it.
+    path.write_text(DSC.format(digest=digest))
+    (tmp_path / "foo_1.0.orig.tar.gz").write_bytes(b"abd")
+    with pytest.raises(InputError) as caught:
+        stage(read_dsc(path, "recipe:2"), tmp_path / "again")
+    assert "foo_1.0.orig.tar.gz has sha256" in str(caught.value) and "its Checksums-Sha256 says" in str(caught.value)
+
+
 @pytest.mark.parametrize("text,line,words", BAD, ids=[b[2] for b in BAD])
 def test_bad_recipes_are_refused_naming_file_line_and_fix(tmp_path: Path, text: str, line: int,
                                                           words: str) -> None:
