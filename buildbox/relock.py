@@ -16,7 +16,7 @@ from buildbox.keys import Stage
 from buildbox.lock import lock_path, write_lock
 from buildbox.pins import GitPin, Known, Packages, Pins, TarballPin, source_pin
 from buildbox.debian import DscSource
-from buildbox.recipe import GitSource, Recipe, TarballSet, UrlSource
+from buildbox.recipe import DEBIAN_KINDS, GitSource, Recipe, TarballSet, UrlSource
 from buildbox.store import Store, read_meta, write_inputs
 from buildbox.tasks import Graph
 
@@ -48,9 +48,16 @@ def resolve_afresh(graph: Graph, recipe: Recipe) -> Pins:
                        inputs=stages["base"].document)
     base = layers.stack(store, recipe, stages, "base")
 
+    # An unlocked Debian source's layer stands on the shared build essentials (keys.ESSENTIALS):
+    # its lock pins them too, so that locking it keeps its packages, and its build key with them.
+    # Installed here in one layer over the base, as the locked run's layer is.
+    asked = dataclasses.replace(recipe, install=recipe.install + tuple(
+        name for name in keys.ESSENTIALS if name not in recipe.install)) if isinstance(recipe.source, DEBIAN_KINDS) \
+        else recipe
+
     def install(tmp: Path) -> str:
         from buildbox import packages
-        packages.make(ctx, recipe, base, tmp)
+        packages.make(ctx, asked, base, tmp)
         document = keys.layer_document(stages["base"].key, packages=Packages.from_dict(read_meta(tmp)["packages"]))
         write_inputs(tmp, document)
         return keys.key(document)

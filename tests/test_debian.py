@@ -148,6 +148,18 @@ def test_binaries_picks_the_packages_whose_executables_a_one_line_recipe_takes(w
     assert "[debian] binaries names stamp-gone, which this build made no .deb of" in failed.stderr
 
 
+def test_locking_a_debian_recipe_keeps_its_packages_and_its_build_key(workspace: Workspace, dsc: Path) -> None:
+    recipe = dsc_recipe(workspace, dsc, "stamp")
+    workspace.buildbox("run", recipe)
+    unlocked = keys_of(workspace, recipe)
+    workspace.buildbox("lock", recipe)
+    locked = keys_of(workspace, recipe)
+    # The lock pins the shared layer's packages too: the same build, though its layer is one of its own.
+    assert locked["build"] == unlocked["build"]
+    assert "essentials" in unlocked and "essentials" not in locked
+    assert "debhelper" in (workspace.root / "recipes" / "stamp.lock").read_text()
+
+
 def test_a_file_beside_the_dsc_that_is_not_what_it_says_is_refused_naming_it(workspace: Workspace, dsc: Path,
                                                                              tmp_path: Path) -> None:
     copy = tmp_path / "copy"
