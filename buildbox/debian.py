@@ -59,7 +59,10 @@ class DscSource:
 
     @property
     def pin(self) -> DebianPin:
-        return DebianPin(self.package, self.version, self.path.name, self.sha256)
+        """Named as dpkg-source and the archive name it (SOURCE_VERSION.dsc, no epoch), whatever
+        the file's own name: a renamed copy is the same source, and a lock reads the name back."""
+        return DebianPin(self.package, self.version, f"{self.package}_{self.version.split(':', 1)[-1]}.dsc",
+                         self.sha256)
 
 
 def read_dsc(path: Path, where: str) -> DscSource:
@@ -156,16 +159,21 @@ def stage(source: DscSource, dest: Path, *, with_files: bool = True) -> Path:
                              hint="keep the files dpkg-source -b made beside the .dsc") from None
         digest = hashlib.sha256()
         with os.fdopen(fd, "rb") as f, open(dest / item.name, "wb") as out:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
                 raise InputError(f"{path} is not a regular file", where=str(source.path),
                                  hint="keep the files dpkg-source -b made beside the .dsc")
+            if item.size >= 0 and st.st_size != item.size:   # before a byte is copied: no disk filled
+                raise InputError(f"{path} is {st.st_size} bytes, not the {item.size} its Checksums-Sha256 says",
+                                 where=str(source.path), hint="make the source package again with dpkg-source -b")
             while chunk := f.read(1 << 20):
                 digest.update(chunk)
                 out.write(chunk)
         os.chmod(dest / item.name, 0o644)
         if digest.hexdigest() != item.sha256:
-            what = "the recipe read it" if item.size < 0 else "its Checksums-Sha256 says"
-            raise InputError(f"{path} has sha256 {digest.hexdigest()}, not the {item.sha256} {what}",
+            # Its own digest is not said: a recipe must not learn the digests of files it cannot read.
+            what = "it had when the recipe was read" if item.size < 0 else "its Checksums-Sha256 says"
+            raise InputError(f"{path} does not have the sha256 {item.sha256} {what}",
                              where=str(source.path), hint="make the source package again with dpkg-source -b")
     return dest / source.path.name
 
@@ -231,7 +239,7 @@ fi
 mkdir -p "$OUT/debs"
 cp -- ./*.deb "$OUT/debs/"
 # A .buildinfo's Build-Date is the clock's, which no two builds share: it says SOURCE_DATE_EPOCH's.
-built=$(date -u -d "@$SOURCE_DATE_EPOCH" -R)
+built=$(LC_ALL=C date -u -d "@$SOURCE_DATE_EPOCH" -R)
 for file in ./*.buildinfo; do
     if [ -f "$file" ]; then
         sed "s/^Build-Date: .*/Build-Date: $built/" "$file" > "$OUT/debs/${{file##*/}}"
@@ -242,7 +250,7 @@ dpkg-scanpackages --multiversion . > Packages
 {{
     echo "Origin: buildbox"
     echo "Label: {name}"
-    echo "Date: $(date -u -d "@$SOURCE_DATE_EPOCH" '+%a, %d %b %Y %H:%M:%S UTC')"
+    echo "Date: $(LC_ALL=C date -u -d "@$SOURCE_DATE_EPOCH" '+%a, %d %b %Y %H:%M:%S UTC')"
     echo "SHA256:"
     echo " $(sha256sum Packages | cut -d' ' -f1) $(wc -c < Packages) Packages"
 }} > Release

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from buildbox.box import reap_dead_boxes
-from buildbox.records import FAILED, MANIFEST, FailedBox, Manifest
+from buildbox.keys import STAGE_KINDS
+from buildbox.records import FAILED, MANIFEST, FailedBox, Manifest, RunRecord
 from buildbox.store import KINDS, Store, remove_tree, tree_size
 
 
@@ -44,6 +45,12 @@ def referenced(store: Store) -> set[Path]:
     for _, manifest in newest.values():
         for kind, keys in manifest.entries.items():
             keep.update(store.entry(kind, key) for key in keys)
+    # And what each recipe's last run stood on: a layer made again under a new key (the shared
+    # layer of essentials) while its build, keyed by packages, stayed the one made before.
+    for record in sorted((store.root / "recipes").glob("*.json")):
+        for stage, key in RunRecord.read(store, record.stem).stages.items():
+            if stage in STAGE_KINDS:
+                keep.add(store.entry(STAGE_KINDS[stage], key))
     return keep
 
 

@@ -142,7 +142,7 @@ def build_key(pins: Pins, recipe: Recipe) -> str:
 
 # -- every stage's key document, from what is known ----------------------------------------------
 # The cache kind each stage's entry is filed under (a set's is its own: a download or a bootstrap).
-STAGE_KINDS = {"base": "bases", "layer": "layers", "source": "sources", "fetch": "fetches", "build": "builds"}
+STAGE_KINDS = {"base": "bases", "essentials": "layers", "layer": "layers", "source": "sources", "fetch": "fetches", "build": "builds"}
 SET_KINDS = {TarballSet: "downloads", BootstrapSet: "bootstraps"}
 
 @dataclass(frozen=True)
@@ -177,7 +177,7 @@ def stages(recipe: Recipe, known: Known) -> dict[str, Stage]:
         under = base
         if isinstance(recipe.source, DEBIAN_KINDS):
             doc = layer_document(base.key, install=ESSENTIALS)
-            under = found["essentials"] = Stage("essentials", STAGE_KINDS["layer"], doc, key(doc))
+            under = found["essentials"] = Stage("essentials", STAGE_KINDS["essentials"], doc, key(doc))
         doc = layer_document(under.key, install=recipe.layer_install, build_deps=recipe.build_deps,
                              depends=recipe.source.depends if isinstance(recipe.source, DscSource) else ())
     layer = found["layer"] = Stage("layer", STAGE_KINDS["layer"], doc, key(doc))

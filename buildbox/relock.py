@@ -51,13 +51,13 @@ def resolve_afresh(graph: Graph, recipe: Recipe) -> Pins:
     # An unlocked Debian source's layer stands on the shared build essentials (keys.ESSENTIALS):
     # its lock pins them too, so that locking it keeps its packages, and its build key with them.
     # Installed here in one layer over the base, as the locked run's layer is.
-    asked = dataclasses.replace(recipe, install=recipe.install + tuple(
+    with_essentials = dataclasses.replace(recipe, install=recipe.install + tuple(
         name for name in keys.ESSENTIALS if name not in recipe.install)) if isinstance(recipe.source, DEBIAN_KINDS) \
         else recipe
 
     def install(tmp: Path) -> str:
         from buildbox import packages
-        packages.make(ctx, asked, base, tmp)
+        packages.make(ctx, with_essentials, base, tmp)
         document = keys.layer_document(stages["base"].key, packages=Packages.from_dict(read_meta(tmp)["packages"]))
         write_inputs(tmp, document)
         return keys.key(document)

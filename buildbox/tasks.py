@@ -294,7 +294,10 @@ class Graph:
                 sets_.setdefault(stage.key, (spec, stage, pinned[index], where, recipe))   # type: ignore[arg-type]
         bases = {every[r.name]["base"].key: r for r in self.recipes}
         layer_tasks = {every[r.name]["layer"].key: r for r in self.recipes}
-        shared = {every[r.name]["essentials"].key: r for r in self.recipes if "essentials" in every[r.name]}
+        # A recipe's own layer may be the very layer of essentials (a git recipe that installs just
+        # those four): one task makes it then.
+        shared = {every[r.name]["essentials"].key: r for r in self.recipes
+                  if "essentials" in every[r.name] and every[r.name]["essentials"].key not in layer_tasks}
         below = {r.name: self.needs_stages_below(r) for r in self.recipes}
 
         def base_task(recipe: Recipe) -> str:

@@ -213,3 +213,16 @@ def test_a_tree_digests_its_owners_as_the_box_sees_them_under_a_uid_mapping(tmp_
     assert tree_sha256(mapped) != tree_sha256(by_root)   # raw host ids would make them differ
     os.lchown(mapped / "home" / "notes", 100000 + 1001, -1)
     assert tree_sha256(mapped, id_base=100000) != tree_sha256(by_root)
+
+
+def test_gc_keeps_what_each_recipes_last_run_stood_on_though_its_build_names_another_layer(tmp_path: Path) -> None:
+    # A build made before the shared layer of essentials names the layer it was made over; a run
+    # after it stood on new layers (its build, keyed by packages, the same): gc keeps both.
+    from buildbox.gc import referenced
+    from buildbox.records import RunRecord
+    from buildbox.store import Store
+    store = Store(tmp_path)
+    shared, own, build = "b" * 64, "c" * 64, "d" * 64
+    RunRecord({"set1": "a" * 64, "essentials": shared, "layer": own, "build": build}).write(store, "tool")
+    assert referenced(store) == {tmp_path / "layers" / shared, tmp_path / "layers" / own,
+                                 tmp_path / "builds" / build}
