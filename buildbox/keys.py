@@ -18,13 +18,13 @@ from typing import Any
 from buildbox.constants import BUILDER, EPOCH
 from buildbox.pins import DebianAsked, Known, Packages, Pins, SourcePin, Unresolved
 from buildbox.debian import DscSource
-from buildbox.recipe import (DEBIAN_KINDS, BootstrapSet, DebianSource, Fetch, GitSource, Recipe, Set, Source,
+from buildbox.recipe import (DEBIAN_KINDS, DEBIAN_SOURCE_NEEDS, BootstrapSet, DebianSource, Fetch, GitSource, Recipe, Set, Source,
                              TarballSet)
 
 # The buildd's build-essential set: one layer of them per base, which the layer of every unlocked
 # recipe of a Debian source stands on (its own layer installs only its own dependencies then). A
 # locked recipe's layer holds every package its lock pins, over the base, as before.
-ESSENTIALS = ("build-essential", "debhelper", "dpkg-dev", "fakeroot")
+ESSENTIALS = ("build-essential", "debhelper", *DEBIAN_SOURCE_NEEDS)
 
 # Bump on purpose when a key document changes shape: every cache entry is then made again once.
 FORMAT = 4

@@ -16,7 +16,7 @@ from buildbox.packages import fetch_access
 from buildbox.pins import DebianPin, source_pin
 from buildbox.recipe import DebianSource, GitSource, Recipe, Source, UnpackLimits, UrlSource
 from buildbox.sets import ensure_download, extract
-from buildbox.store import Store, file_sha256, remove_tree, write_meta
+from buildbox.store import Store, remove_tree, write_meta
 
 UPSTREAM = "/buildbox/upstream"   # where a local repository is bound, read-only
 GITCONFIG = "/buildbox/gitconfig"
@@ -138,8 +138,10 @@ def _in_box(store: Store, layers: list[Path], source: GitSource | DebianSource, 
             dscs = sorted(box.path(BUILD_DIR).glob("*.dsc"))
             if len(dscs) != 1:
                 raise BuildFailed(f"apt-get source {source.package} left {len(dscs)} .dsc files in {BUILD_DIR}")
-            meta = {"debian": source.package, "version": _dsc_version(dscs[0]), "dsc": dscs[0].name,
-                    "dsc-sha256": file_sha256(dscs[0])}
+            # Read as a local .dsc is (not following a link, capped), by the one reader of .dsc files.
+            fetched = debian.read_dsc(dscs[0], where=f"apt-get source {source.package}")
+            meta = {"debian": source.package, "version": fetched.version, "dsc": dscs[0].name,
+                    "dsc-sha256": fetched.sha256}
             if pin and source_pin(meta) != pin:
                 raise BuildFailed(f"apt-get source {wanted} gave {meta['dsc']} with sha256 {meta['dsc-sha256']}, "
                                   f"not the pinned {pin.dsc} {pin.dsc_sha256}",
@@ -175,11 +177,3 @@ def _keep_src(entry: Path, upper: Path, meta: dict[str, str]) -> None:
     (upper / SRC.lstrip("/")).rename(entry / SRC.lstrip("/"))
     remove_tree(upper)
     write_meta(entry, meta)
-
-
-def _dsc_version(dsc: Path) -> str:
-    """The Version: field of a .dsc (with its epoch, which the file name leaves out)."""
-    found = re.search(r"^Version:\s*(\S+)\s*$", dsc.read_text(errors="replace"), re.MULTILINE)
-    if not found:
-        raise BuildFailed(f"{dsc.name} has no Version: field")
-    return found.group(1)
