@@ -186,6 +186,7 @@ def test_two_debian_recipes_share_one_layer_of_build_essentials(workspace: Works
     assert subprocess.run([workspace.root / "out" / "tree" / "tree", "--version"], capture_output=True,
                           text=True, check=True).stdout.startswith("tree v2.1.0")
     assert (workspace.root / "out" / "pv" / "debs" / "pv_1.6.20-1_amd64.deb").is_file()
+    assert (workspace.root / "out" / "tree" / "debs" / "tree-dbgsym_2.1.0-1_amd64.deb").is_file()   # dbgsym kept
     keys = [keys_of(workspace, recipe) for recipe in (first, *shipped)]
     assert len({k["essentials"] for k in keys}) == 1
     assert len({k["layer"] for k in keys}) == 3
