@@ -21,16 +21,16 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from buildbox import idmap, log, space
+from buildbox import idmap, log, process, space
 from buildbox.errors import BuildFailed, InputError
 from buildbox.inroot import Root
 from buildbox.log import debug
 from buildbox.process import run
-from buildbox.sandbox import (Bind, Cgroups, Command, Devices, DiskImage, DropCapabilities, Hostname, HostView,
-                              IdMap, LayerImage, Namespaces, NetnsFile, Network, NoNewPrivs, Op, Overlay, Plan,
-                              PivotRoot, Proc, Rlimits, Seccomp, SharedOverlay, User)
+from buildbox.sandbox import (Bind, Capabilities, Cgroups, Command, Devices, DiskImage, DropCapabilities, Hostname,
+                              HostView, IdMap, LayerImage, Namespaces, NetnsFile, Network, NoNewPrivs, Op, Overlay,
+                              Plan, PivotRoot, Proc, Rlimits, RuntimeRoot, Seccomp, SharedOverlay, User)
 from buildbox.records import FailedBox
 from buildbox.store import Ids, Store, mounts_under, remove_tree
 
@@ -435,6 +435,27 @@ def run_helper(store: Store, argv: Sequence[str], *, tree: Path, at: str, env: M
     return _enter(plan, store.dir("boxes"), what=what, log=log)
 
 
+def run_in_root(root: Path, argv: Sequence[str], *, user: tuple[int, str], capabilities: Sequence[str],
+                state: Sequence[tuple[Path, str]], env: Mapping[str, str], what: str, private: Path,
+                limits: Mapping[str, int] | None = None, cgroups: Sequence[str] = (), foreground: bool = False,
+                timeout: float | None = None, log: Path | None = None) -> str | int:
+    """Run argv in a service's runtime root (buildbox exec, an install's check): the root
+    read-only as /, its state bound writable, a /tmp, /proc and /dev of its own; as the service
+    user (uid = gid) with only the given capabilities, no_new_privs and the seccomp filter, in
+    its own mount, PID and IPC namespaces, on the host's network, in the cgroups given. In the
+    foreground (its output the terminal's, the signals a supervisor sends passed on), returning
+    its exit status; else as run() runs a command, returning its output."""
+    uid, name = user
+    plan = Plan((*([Cgroups(tuple(cgroups))] if cgroups else []), Network("host"),
+                 Namespaces(("mount", "pid", "ipc")), RuntimeRoot(root, tuple(state)), Proc(),
+                 Devices(DEVICES, ptys=False), Rlimits(dict(limits or {})), User(uid, uid, (uid,), name),
+                 Capabilities(tuple(capabilities)), NoNewPrivs(), Seccomp(), Command(tuple(argv), "/", dict(env))))
+    _show(plan, "runtime root")
+    if foreground:
+        return _enter(plan, private, what=what, foreground=True)
+    return _enter(plan, private, what=what, capture=True, timeout=timeout, log=log, timeout_key="the check's timeout")
+
+
 def _show(plan: Plan, label: str) -> None:
     """--debug: the plan, one line per operation, before its command runs."""
     if log.debugging:
@@ -469,7 +490,7 @@ def _user_name(root: Path, uid: int) -> str | None:
 def _enter(plan: Plan, private: Path, *, what: str, log: Path | None = None, stream: bool = False,
            capture: bool = False, timeout: float | None = None, silence: float | None = None,
            interactive: bool = False, log_limit: int | None = None, timeout_key: str = "[limits] timeout",
-           rerun: str | None = None) -> str:
+           rerun: str | None = None, foreground: bool = False) -> Any:
     """Run enter.py with the in-namespace half of plan: a box's plan (with an IdMap) makes its
     namespaces itself (NAMESPACES, and a network namespace of its own unless the plan has the
     network or names one); a host view's runs as the first process of fresh mount, UTS, IPC, PID
@@ -483,11 +504,14 @@ def _enter(plan: Plan, private: Path, *, what: str, log: Path | None = None, str
     fd = os.open(plan_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(doc, f)
-    unshare = [] if doc.get("ids") else ["unshare", "--mount", "--uts", "--ipc", "--pid", "--net", "--fork",
-                                         "--kill-child", "--propagation", "private", "--"]
+    unshare = [] if doc.get("ids") or doc.get("runtime") else [
+        "unshare", "--mount", "--uts", "--ipc", "--pid", "--net", "--fork", "--kill-child", "--propagation",
+        "private", "--"]
     command = ["setpriv", "--pdeathsig", "KILL",   # the box dies with buildbox, even by SIGKILL
                *unshare, sys.executable, "-I", str(ENTER), str(plan_file)]
     try:
+        if foreground:
+            return process.foreground(command, what=what)
         return run(command, what=what, log=log, stream=stream, capture=capture, timeout=timeout,
                    silence=silence, interactive=interactive, log_limit=log_limit, timeout_key=timeout_key,
                    rerun=rerun, show_command=False)

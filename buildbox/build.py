@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from buildbox import __version__, log, process
+from buildbox import __version__, log, process, runtime
 from buildbox.base import renumber_user
 from buildbox.constants import BUILDER, EPOCH, FETCH, FETCH_ENV, OFFLINE_ENV, OUT, SRC, BuildUser
 from buildbox.box import NAMESPACES, Box, resolve_in_root, run_on_host
@@ -148,6 +148,7 @@ def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, in
             os.chmod(dest, (0o755 if mode & 0o111 else 0o644) & (mode | 0o700))
             os.utime(dest, (EPOCH, EPOCH))
         check_in_box(box, artifacts, user)
+        closure = runtime.collect(box.root, artifacts, entry / runtime.RUNTIME, OUT)
     facts = verify_on_host(recipe, files)
     run_verify_commands(store, recipe, files, logfile)
     digests = {rel: file_sha256(files / rel) for rel in sorted(artifacts)}
@@ -174,6 +175,7 @@ def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, in
                             **facts.get(rel, {})}
                       for rel in sorted(artifacts)},
         "from_remote": False,   # built here; a build taken from the remote cache says whose it is
+        "runtime": closure,   # what `buildbox install` puts in a runtime root beside the artifacts
     }
     Manifest.write(entry, manifest)
 
@@ -320,11 +322,16 @@ def verify_on_host(recipe: Recipe, files: Path) -> dict[str, dict[str, Any]]:
             raise BuildFailed(f"{log.escaped(rel)} is dynamically linked "
                               f"({', '.join(info.needed) or info.interpreter}) but [verify] static = true",
                               hint="link it statically (CGO_ENABLED=0 for Go)")
-        if info.interpreter and not os.path.exists(info.interpreter):
+        lacking = [info.interpreter] if info.interpreter and not os.path.exists(info.interpreter) else []
+        lacking += [name for name, where in resolve_needed(info, path.parent, dirs).items() if where is None]
+        if lacking and recipe.service:
+            # Its runtime root carries them (runtime.py): out/NAME is the one place they lack.
+            log.warn(f"{log.escaped(rel)} needs {', '.join(lacking)}, which the host does not have: out/{recipe.name} "
+                     f"will not run on this host; `buildbox install {recipe.path}` gives it a root that has them")
+        elif lacking and lacking[0] == info.interpreter:
             raise BuildFailed(f"{log.escaped(rel)} needs the loader {info.interpreter}, which the host does not have")
-        missing = [name for name, where in resolve_needed(info, path.parent, dirs).items() if where is None]
-        if missing:
-            raise BuildFailed(f"{log.escaped(rel)} needs {', '.join(missing)}, which the host does not have",
+        elif lacking:
+            raise BuildFailed(f"{log.escaped(rel)} needs {', '.join(lacking)}, which the host does not have",
                               hint="install it on the host, or build statically ([verify] static = true)")
     return facts
 

@@ -28,7 +28,15 @@ class _Parser(argparse.ArgumentParser):
                    namespace: argparse.Namespace | None = None) -> argparse.Namespace:
         """As argparse's, but what it does not know is named alone: `verify --bogus DIR R` is
         the option --bogus, not "--bogus R" with the recipe lumped in."""
-        parsed, extras = self.parse_known_args(args, namespace)
+        words = list(sys.argv[1:] if args is None else args)
+        # What follows `--` is a command line of its own (`buildbox exec RECIPE -- CMD ...`),
+        # for a command that takes one; nothing of it is parsed here.
+        after = words[words.index("--") + 1:] if "--" in words else None
+        parsed, extras = self.parse_known_args(words[:words.index("--")] if after is not None else words, namespace)
+        if after is not None:
+            if not hasattr(parsed, "argv"):
+                self.error(f"unexpected argument {log.escaped(' '.join(['--', *after]))}")
+            parsed.argv = after
         if extras:
             options = [word for word in extras if word.startswith("-") and word != "-"]
             command = getattr(parsed, "command", None)

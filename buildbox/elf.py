@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import errno
+import fnmatch
 import glob
 import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import BinaryIO
 
 from elftools.common.exceptions import ELFError
@@ -88,26 +90,53 @@ def _read_elf(path: Path) -> ElfInfo:
 
 def loader_dirs(root: Path = Path("/")) -> list[Path]:
     """The directories ld.so searches by default under root: ld.so.conf (with includes), then the
-    multiarch and traditional defaults."""
+    multiarch and traditional defaults. Another root than / (a box's) is read inside it: its
+    links lead nowhere on the host."""
+    from buildbox.inroot import Root
+    tree = None if root == Path("/") else Root(root)
     dirs: list[Path] = []
 
-    def read_conf(conf: Path, depth: int = 0) -> None:
-        if depth > 8 or not conf.is_file():
-            return
-        for line in conf.read_text(errors="replace").splitlines():
+    def text(path: str) -> str | None:
+        try:
+            if tree is not None:
+                return tree.read_text(path)
+            return Path(path).read_text(errors="replace") if Path(path).is_file() else None
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    def matching(pattern: str) -> list[str]:
+        if tree is None:
+            return sorted(glob.glob(pattern))
+        directory, name = os.path.split(pattern)
+        try:
+            fd = tree.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            return []
+        try:
+            return sorted(f"{directory}/{entry}" for entry in os.listdir(fd) if fnmatch.fnmatchcase(entry, name))
+        finally:
+            os.close(fd)
+
+    def read_conf(conf: str, depth: int = 0) -> None:
+        content = text(conf) if depth <= 8 else None
+        for line in (content or "").splitlines():
             line = line.split("#", 1)[0].strip()
             if not line:
                 continue
             if line.startswith("include "):
                 pattern = line.split(None, 1)[1]
                 if not pattern.startswith("/"):
-                    pattern = str(conf.parent / pattern)
-                for included in sorted(glob.glob(str(root) + pattern if str(root) != "/" else pattern)):
-                    read_conf(Path(included), depth + 1)
+                    pattern = os.path.join(os.path.dirname(conf), pattern)
+                for included in matching(pattern):
+                    read_conf(included, depth + 1)
             else:
                 dirs.append(Path(line))
 
-    read_conf(root / "etc/ld.so.conf")
+    try:
+        read_conf("/etc/ld.so.conf")
+    finally:
+        if tree is not None:
+            tree.close()
     for default in ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib/aarch64-linux-gnu",
                     "/usr/lib/aarch64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib"):
         dirs.append(Path(default))
@@ -118,33 +147,40 @@ def loader_dirs(root: Path = Path("/")) -> list[Path]:
     return seen
 
 
-def _matches(candidate: Path, info: ElfInfo) -> bool:
+Opener = Callable[[Path], BinaryIO]   # opens a path for reading: the host's (open_regular) or a box's
+
+
+def _matches(candidate: Path, info: ElfInfo, opener: Opener = open_regular) -> bool:
     """A library the loader would take: ELF of the same class and machine."""
     try:
-        with open_regular(candidate) as f:
+        with opener(candidate) as f:
             elf = ELFFile(f)
             return elf.elfclass == info.elfclass and elf["e_machine"] == info.machine
     except (OSError, ELFError):
         return False
 
 
-def resolve_needed(info: ElfInfo, origin: Path, dirs: list[Path]) -> dict[str, Path | None]:
-    """Where the host's loader would find each NEEDED library (None: nowhere), in ld.so's order:
-    RPATH (only without RUNPATH), then RUNPATH, then the default directories."""
-    def expand(entries: tuple[str, ...]) -> list[Path]:
-        return [Path(e.replace("$ORIGIN", str(origin)).replace("${ORIGIN}", str(origin)))
-                for e in entries if e]
-
-    search = (expand(info.rpath) if not info.runpath else []) + expand(info.runpath) + dirs
+def resolve_needed(info: ElfInfo, origin: Path, dirs: list[Path], *, opener: Opener = open_regular,
+                   inherited: tuple[Path, ...] = ()) -> dict[str, Path | None]:
+    """Where the loader would find each NEEDED library (None: nowhere), in ld.so's order: RPATH
+    (only without RUNPATH; then also `inherited`, the RPATH of the objects that loaded this one),
+    then RUNPATH, then the default directories. With an opener for a box's files, in the box."""
+    search = ([*expand_origin(info.rpath, origin), *inherited] if not info.runpath else []) + \
+        expand_origin(info.runpath, origin) + dirs
     found: dict[str, Path | None] = {}
     for name in info.needed:
         found[name] = None
         if "/" in name:
-            found[name] = Path(name) if _matches(Path(name), info) else None
+            found[name] = Path(name) if _matches(Path(name), info, opener) else None
             continue
         for d in search:
             candidate = d / name
-            if os.path.exists(candidate) and _matches(candidate, info):
+            if _matches(candidate, info, opener):
                 found[name] = candidate
                 break
     return found
+
+
+def expand_origin(entries: tuple[str, ...], origin: Path) -> list[Path]:
+    """RPATH or RUNPATH entries with $ORIGIN (the object's own directory) filled in."""
+    return [Path(e.replace("$ORIGIN", str(origin)).replace("${ORIGIN}", str(origin))) for e in entries if e]

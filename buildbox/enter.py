@@ -35,7 +35,8 @@ CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWN
     0x20000, 0x4000000, 0x8000000, 0x10000000, 0x20000000, 0x40000000)
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217, "i686": 217,
                   "armv7l": 218}
-PR_SET_NO_NEW_PRIVS, PR_CAPBSET_DROP, PR_SET_PDEATHSIG = 38, 24, 1
+PR_SET_NO_NEW_PRIVS, PR_CAPBSET_DROP, PR_SET_PDEATHSIG, PR_SET_KEEPCAPS = 38, 24, 1, 8
+PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, LINUX_CAPABILITY_VERSION_3 = 47, 2, 0x20080522
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP, IFF_RUNNING = 0x8913, 0x8914, 0x1, 0x40
 LIMITS = {"address-space": resource.RLIMIT_AS, "processes": resource.RLIMIT_NPROC, "files": resource.RLIMIT_NOFILE,
           "cpu": resource.RLIMIT_CPU, "file-size": resource.RLIMIT_FSIZE}
@@ -65,6 +66,14 @@ libc.syscall.restype = ctypes.c_long
 SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE = 442, -100, 0x8000
 MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV, MOUNT_ATTR_IDMAP = 0x1, 0x2, 0x4, 0x100000
 SYS_OPEN_TREE, SYS_MOVE_MOUNT, OPEN_TREE_CLONE, AT_EMPTY_PATH, MOVE_MOUNT_F_EMPTY_PATH = 428, 429, 0x1, 0x1000, 0x4
+
+
+class CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
 
 
 class MountAttr(ctypes.Structure):
@@ -191,18 +200,39 @@ def drop_to(plan, seccomp):
     """Become the plan's user with no capabilities, and no way to get any back (the plan's
     drop_capabilities, no_new_privs and seccomp, which buildbox gives every command run as a user)."""
     uid, gid = plan["user"]
+    keep = plan.get("capabilities") or []
     if plan["drop_capabilities"]:
         last_cap = int(open("/proc/sys/kernel/cap_last_cap").read())
         for cap in range(last_cap + 1):
-            if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() != errno.EINVAL:
+            if cap not in keep and libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() != errno.EINVAL:
                 fail(f"dropping capability {cap}: {os.strerror(ctypes.get_errno())}")
+    if keep and libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0:   # across setuid, to be made ambient
+        fail("keeping capabilities: " + os.strerror(ctypes.get_errno()))
     os.setgroups(plan["groups"])
     os.setgid(gid)
     os.setuid(uid)
+    if keep:
+        keep_only(keep)
     if plan["no_new_privs"] and libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         fail("no_new_privs: " + os.strerror(ctypes.get_errno()))
     if seccomp:
         seccomp_filter(seccomp)
+
+
+def keep_only(caps):
+    """The capabilities caps alone, permitted, effective, inheritable and ambient: what the
+    program run next keeps (a service's [install] capabilities)."""
+    data = (CapData * 2)()
+    for cap in caps:
+        word, bit = divmod(cap, 32)
+        data[word].effective |= 1 << bit
+        data[word].permitted |= 1 << bit
+        data[word].inheritable |= 1 << bit
+    if libc.capset(ctypes.byref(CapHeader(LINUX_CAPABILITY_VERSION_3, 0)), data) != 0:
+        fail("capset: " + os.strerror(ctypes.get_errno()))
+    for cap in caps:
+        if libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) != 0:
+            fail(f"raising ambient capability {cap}: {os.strerror(ctypes.get_errno())}")
 
 
 def child(plan, seccomp):
@@ -363,6 +393,41 @@ def in_box(plan, seccomp):
     run_command(plan, seccomp)
 
 
+def enter_runtime(plan, seccomp):
+    """A service in its runtime root (buildbox exec): mount, PID and IPC namespaces of its own,
+    the host's network and ids; the first process of the PID namespace sets up the root."""
+    if libc.unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC) != 0:
+        fail("unshare: " + os.strerror(ctypes.get_errno()))
+    first = os.fork()
+    if first == 0:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        in_runtime(plan, seccomp)
+    forward_signals(first)
+    wait_for(first)
+
+
+def in_runtime(plan, seccomp):
+    """The root bound onto itself and made read-only, a tmpfs /tmp, the state directories bound
+    writable (never through a link), /proc and a box's /dev; then pivot_root into it."""
+    view = plan["runtime"]
+    mount("none", "/", None, MS_REC | MS_PRIVATE)
+    os.chdir(view["root"])
+    bind_here(view["root"])
+    here = os.getcwd()
+    mount("tmpfs", "tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=64m")
+    for host, at in view["state"]:
+        target = at.lstrip("/")
+        if os.path.realpath(target) != os.path.join(here, target):
+            fail(f"the state directory {at} leads through a link in the root")
+        mount(host, target, None, MS_BIND)
+        set_attr(target, MountAttr(MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0, 0, 0), recursive=False)
+    mount("proc", "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    make_dev(".", plan["devices"], ptys=False)
+    set_attr(".", MountAttr(MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0, 0, 0), recursive=False)
+    pivot_into()
+    run_command(plan, seccomp)
+
+
 def run_command(plan, seccomp):
     """Fork the command, forward the signals a first process gets, reap orphans until it ends."""
     pid = os.fork()
@@ -379,7 +444,7 @@ def forward_signals(pid):
             os.kill(pid, signum)
         except ProcessLookupError:
             pass
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, forward)
 
 
@@ -394,6 +459,8 @@ def main():
         except OSError as err:
             fail(f"joining the cgroup {os.path.dirname(procs)}: {err.strerror}")
     seccomp = load_seccomp() if plan["seccomp"] else None
+    if plan.get("runtime"):
+        enter_runtime(plan, seccomp)
     if plan.get("ids"):
         enter_box(plan, seccomp)
     host_view(plan["host_view"], plan["devices"])

@@ -266,6 +266,34 @@ def _pump(pipe: IO[bytes], log: Path | None, stream: bool, watch: _Watchdog | No
     return "".join(tail)
 
 
+def foreground(argv: Sequence[str], *, what: str) -> int:
+    """Run argv with buildbox's own terminal or pipes, passing on the signals a supervisor (rc,
+    runit, a shell's Ctrl-C) sends buildbox; its exit status (128 + N for signal N)."""
+    try:
+        proc = subprocess.Popen([str(a) for a in argv])
+    except OSError as err:
+        raise BuildFailed(f"{what}: cannot start {argv[0]}: {err.strerror}") from None
+    forwarded = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+
+    def forward(signum: int, frame: object) -> None:
+        try:
+            proc.send_signal(signum)
+        except ProcessLookupError:
+            pass
+    old = {sig: signal.signal(sig, forward) for sig in forwarded}
+    try:
+        while True:
+            try:
+                status = proc.wait()
+                break
+            except InterruptedError:
+                continue
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    return status if status >= 0 else 128 - status
+
+
 def _stop(proc: subprocess.Popen) -> None:
     """Stop a command and everything in its process group: TERM, a grace period, then KILL."""
     for sig, grace in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):

@@ -19,7 +19,7 @@ import tomlkit
 import tomlkit.exceptions
 
 from buildbox import debian
-from buildbox.constants import FETCH_ENV, OFFLINE_ENV
+from buildbox.constants import CAPABILITIES, FETCH_ENV, OFFLINE_ENV
 from buildbox.debian import PACKAGE_RE, DscSource
 from buildbox.errors import InputError
 from buildbox.pins import Pins
@@ -180,6 +180,31 @@ class Lock:
         return f"{self.path}:{self.lines.get(what, 1)}"
 
 
+USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+# Where a runtime root's own files are, and what [install] cannot put there or keep as state.
+ROOT_OWN = ("/etc/passwd", "/etc/group", "/etc/nsswitch.conf", "/etc/hosts", "/etc/resolv.conf",
+            "/etc/ld.so.cache", "/etc/ssl/certs/ca-certificates.crt")
+NOT_STATE = ("/usr", "/etc", "/dev", "/proc", "/tmp", "/bin", "/sbin", "/lib", "/lib64", "/sys", "/run")
+
+
+@dataclass(frozen=True)
+class Service:
+    """[install]: how `buildbox install` puts the build in a runtime root of its own and how
+    `buildbox exec` runs it there (README, "Running what you built"). In no key: a new config
+    file is not a new build."""
+    exec: tuple[str, ...]
+    user: str
+    files: tuple[tuple[str, Path], ...] = ()   # path in the root -> the file in the recipe's folder
+    state: tuple[str, ...] = ()                 # writable directories, kept across generations
+    ca_certificates: bool = False
+    capabilities: tuple[str, ...] = ()
+    check: tuple[str, ...] = ()
+    lines: tuple[tuple[str, int], ...] = ()
+
+    def at(self, path: Path, key: str) -> str:
+        return f"{path}:{dict(self.lines).get(key, 1)}"
+
+
 @dataclass(frozen=True)
 class Recipe:
     path: Path
@@ -200,6 +225,7 @@ class Recipe:
     lines: tuple[tuple[str, int], ...] = ()
     lock: Lock | None = field(default=None, compare=False)   # recipes/NAME.lock, if there is one
     fetch: Fetch | None = None
+    service: Service | None = None   # [install]
 
     def at(self, key: str) -> str:
         """file:line of a part of the recipe ("packages", "source", "script"), for errors found later."""
@@ -424,7 +450,7 @@ def read_recipe(path: Path) -> Recipe:
     doc = Doc(path)
     data = doc.data
     doc.check_keys(data, (), {"name": str, "base": str, "packages": dict, "source": dict, "fetch": dict,
-                              "build": dict, "debian": dict, "verify": dict, "limits": dict})
+                              "build": dict, "debian": dict, "verify": dict, "limits": dict, "install": dict})
     source = _parse_source(doc, data.get("source"))
     build = data.get("build")
     # A Debian source with no [build] script is built as sbuild builds it (README, "Recipes from Debian").
@@ -495,12 +521,13 @@ def read_recipe(path: Path) -> Recipe:
         doc.fail(("verify",), "run", "a verify command holds a NUL byte, which no shell can be given",
                  "remove the \\u0000")
     limits, unpack = _parse_limits(doc, data.get("limits", {}), {**LIMIT_KEYS, **UNPACK_KEYS})
+    service = _parse_install(doc, data["install"], name) if "install" in data else None
     return Recipe(path=path, name=name, base=base, install=install, build_deps=build_deps,
                     source=source, env=tuple(sorted(env.items())), script=script,
                     static=verify.get("static", False), verify_run=tuple(verify.get("run", [])),
                     network=build.get("network", False), verify_timeout=verify_timeout,
                     secret_env=tuple(sorted(set(secret_env))), fetch=fetch,
-                    limits=limits, unpack=unpack,
+                    limits=limits, unpack=unpack, service=service,
                     lines=(("packages", doc.line_of(("packages",))), ("source", doc.line_of(("source",))),
                            ("script", doc.line_of(("build",), "script")), ("fetch", doc.line_of(("fetch",)))))
 
@@ -572,6 +599,73 @@ def _parse_debian(doc: Doc, table: dict[str, Any] | None, source: Source,
         doc.fail(key, "binaries", "[debian] binaries names no package",
                  "name binary packages (binaries = [\"fd-find\"]), or remove it to take every package's executables")
     return _check_packages(doc, key, "binaries", table.get("binaries", [])), table.get("debs", one_line)
+
+
+def _root_path(doc: Doc, key: str, path: str, what: str) -> str:
+    """An absolute, plain path in a runtime root (no '..', no '//', no trailing '/', printable)."""
+    if not path.startswith("/") or path != os.path.normpath(path) or path.startswith("//") or path == "/" \
+            or any(ord(c) < 32 or c == "\x7f" for c in path) or ":" in path:
+        doc.fail(("install",), key, f"{what} {path!r} is not an absolute path in the root",
+                 f'write {key} paths such as "/var/lib/NAME" (absolute, no "..", no ":")')
+    return path
+
+
+def _parse_install(doc: Doc, table: dict[str, Any], name: str) -> Service:
+    """[install]: exec, user, files, state, ca-certificates, capabilities, check."""
+    key = ("install",)
+    doc.check_keys(table, key, {"exec": list, "user": str, "files": dict, "state": list, "ca-certificates": bool,
+                                "capabilities": list, "check": list})
+    command = table.get("exec", [])
+    if not command or not command[0] or any("\0" in word for word in command):
+        doc.fail(key, "exec" if "exec" in table else None, "[install] exec names no program",
+                 f'write exec = ["{name}", "ARGUMENT", ...]: an artifact of the build and its arguments')
+    user = table.get("user", name.lower().replace(".", "-").replace("+", "-"))
+    if not USER_RE.fullmatch(user) or user == "root":
+        doc.fail(key, "user" if "user" in table else None, f"user {user!r} is not a service user's name",
+                 'write user = "NAME": lowercase letters, digits, _ and -, not root')
+    files = []
+    folder = os.path.realpath(doc.path.parent)
+    for there, here in table.get("files", {}).items():
+        _root_path(doc, "files", there, "files names")
+        if there in ROOT_OWN or there.startswith(("/usr/", "/dev/", "/proc/", "/tmp/")):
+            doc.fail(key, "files", f"files names {there}, which buildbox makes itself",
+                     "put the file elsewhere (/etc/NAME/...)")
+        if not isinstance(here, str) or not here or "\0" in here:
+            doc.fail(key, "files", f"files {there} = {here!r} names no file", f'write "{there}" = "FILE", relative to '
+                     "the recipe's folder")
+        source = os.path.realpath(os.path.join(doc.path.parent, here))
+        if os.path.commonpath([folder, source]) != folder:
+            doc.fail(key, "files", f"files {there} = {here!r} is outside the recipe's folder {folder}",
+                     "copy the file next to the recipe and name it relative to it")
+        if not os.path.isfile(source):
+            doc.fail(key, "files", f"files {there} = {here!r}: no such file ({source})",
+                     "name a file relative to the recipe's folder")
+        files.append((there, Path(source)))
+    state = []
+    for path in table.get("state", []):
+        _root_path(doc, "state", path, "state")
+        if any(path == top or path.startswith(top + "/") for top in NOT_STATE):
+            doc.fail(key, "state", f"state {path} is in {next(t for t in NOT_STATE if path == t or path.startswith(t + '/'))}, "
+                     "which the root's generations own", 'keep state in /var/lib/NAME, /srv/NAME or the like')
+        state.append(path)
+    for path in state:
+        if any(other != path and (other.startswith(path + "/")) for other in state) or \
+                any(there == path or there.startswith(path + "/") for there, _ in files):
+            doc.fail(key, "state", f"state {path} holds another state or files path",
+                     "name state directories that hold no other [install] path")
+    capabilities = [cap.upper() for cap in table.get("capabilities", [])]
+    for cap in capabilities:
+        if cap not in CAPABILITIES:
+            close = difflib.get_close_matches(cap, CAPABILITIES, n=1)
+            doc.fail(key, "capabilities", f"{cap!r} is not a capability",
+                     f"did you mean {close[0]}?" if close else "name Linux capabilities, such as CAP_NET_BIND_SERVICE")
+    checks = table.get("check", [])
+    if any(not c.strip() or "\0" in c for c in checks):
+        doc.fail(key, "check", "a check command is empty or holds a NUL byte", 'write check = ["NAME --version"]')
+    lines = tuple((k, doc.line_of(key, k)) for k in ("exec", "user", "files", "state", "ca-certificates",
+                                                      "capabilities", "check"))
+    return Service(tuple(command), user, tuple(sorted(files)), tuple(sorted(state)), table.get("ca-certificates", False),
+                   tuple(sorted(set(capabilities))), tuple(checks), (("install", doc.line_of(key)), *lines))
 
 
 def _kernel_most(key: str) -> int:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from buildbox.constants import CAPABILITIES
 from buildbox.keys import SANDBOX_VERSION
 
 # What running a host binary needs of the host, bound read-only into a host view (verify's
@@ -208,6 +209,23 @@ class HostView(Op):
 
 
 @dataclass(frozen=True)
+class RuntimeRoot(Op):
+    """A service's runtime root as the command's / (buildbox exec): bound read-only, a tmpfs /tmp,
+    its state directories bound writable; entered by pivot_root, the host's root detached."""
+    root: Path
+    state: tuple[tuple[Path, str], ...] = ()
+
+    def describe(self) -> str:
+        binds = "".join(f"; bind {host} -> {at} (rw, nosuid,nodev)" for host, at in self.state)
+        return f"runtime root {self.root} (read-only, nosuid,nodev), tmpfs /tmp{binds}; pivot_root into it, " \
+               "the host's root detached"
+
+    def enter(self) -> dict[str, Any]:
+        return {"root": str(self.root), "runtime": {"root": str(self.root),
+                                                    "state": [[str(host), at] for host, at in self.state]}}
+
+
+@dataclass(frozen=True)
 class Proc(Op):
     """A /proc of the command's own PID namespace (enter.py mounts it nosuid,nodev,noexec)."""
     at: str = "/proc"
@@ -290,6 +308,20 @@ class DropCapabilities(Op):
 
     def enter(self) -> dict[str, Any]:
         return {"drop_capabilities": True}
+
+
+@dataclass(frozen=True)
+class Capabilities(Op):
+    """The only capabilities a service keeps ([install] capabilities): its bounding set holds
+    these alone, and they are ambient, so that the program it runs as its user has them."""
+    names: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"capabilities: only {', '.join(self.names)} (bounding and ambient)" if self.names else \
+            "capabilities: all dropped (bounding set emptied)"
+
+    def enter(self) -> dict[str, Any]:
+        return {"drop_capabilities": True, "capabilities": [CAPABILITIES.index(name) for name in self.names]}
 
 
 @dataclass(frozen=True)

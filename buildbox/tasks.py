@@ -19,7 +19,7 @@ from doit.doit_cmd import DoitMain
 from doit.exceptions import TaskFailed
 from doit.reporter import ConsoleReporter
 
-from buildbox import base, build, fetch, keys, layers, log, out, packages, sets, source
+from buildbox import base, build, fetch, keys, layers, log, out, packages, runtime, sets, source
 from buildbox.context import Context
 from buildbox.errors import BuildboxError, Interrupted, failure_of
 from buildbox.keys import Stage
@@ -215,7 +215,8 @@ class Graph:
         stage = self.stages(recipe)["build"]
         if not isinstance(stage.key, str) or stage.document is None:
             return None
-        return Wanted(recipe.name, stage.key, stage.document, recipe.limits.artifacts + (1 << 20))
+        # Its files: the artifacts, their runtime closure, and room for the rest of the entry.
+        return Wanted(recipe.name, stage.key, stage.document, recipe.limits.artifacts + runtime.MAX_BYTES + (1 << 20))
 
     def take(self, recipe: Recipe) -> bool:
         """The recipe's build entry from the remote cache, if it has one this machine takes."""

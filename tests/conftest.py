@@ -69,8 +69,8 @@ class Workspace:
     def buildbox(self, *args: str | Path, check: int | None = 0) -> subprocess.CompletedProcess[str]:
         """Run the buildbox command here; check the exit status unless check is None."""
         argv = [sys.executable, "-m", "buildbox", *map(str, args)]
-        if args and args[0] in ("run", "lock", "list", "verify", "shell", "push") and "--cache" not in args:
-            argv += ["--cache", str(self.cache)]
+        if args and args[0] in ("run", "lock", "list", "verify", "shell", "push", "install", "exec") and "--cache" not in args:
+            argv[3:4] = [args[0], "--cache", str(self.cache)]   # before a command's `-- CMD ...`
         result = subprocess.run(argv, cwd=self.root, capture_output=True, text=True,
                                 env=dict(os.environ, PYTHONPATH=str(REPO)))
         if check is not None and result.returncode != check:

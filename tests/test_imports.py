@@ -47,7 +47,8 @@ LAYERS = {
     "cache": {"store"},
     "input": {"debian", "recipe", "lock", "keys", "records", "context", "config"},
     "sandbox": {"process", "inroot", "idmap", "cgroup", "box", "enter", "sandbox"},
-    "stages": {"sets", "base", "packages", "source", "fetch", "epoch", "build", "out", "elf", "verify", "shell", "gc", "remote"},
+    "stages": {"sets", "base", "packages", "source", "fetch", "epoch", "build", "out", "elf", "verify", "shell", "gc", "remote",
+               "runtime", "roots", "unit"},
     "plan": {"resolve", "layers", "why", "tasks", "relock"},
     "commands": {"cli", "commands", "__main__"},
 }

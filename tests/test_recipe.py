@@ -295,3 +295,48 @@ def test_a_base_another_account_could_have_planted_is_refused(tmp_path: Path, mo
     assert "mode 777" in str(caught.value)
     os.chmod(planted.parent, 0o755)
     assert isinstance(load_recipe(recipe).base.sets[0], TarballSet)
+
+
+INSTALL_BASE = GOOD + "[install]\n"
+BAD_INSTALL = [
+    ('exec = []\n', "[install] exec names no program"),
+    ('exec = ["hello"]\nfiles = { "/etc/hello.conf" = "missing.conf" }\n', "no such file"),
+    ('exec = ["hello"]\nfiles = { "/etc/hello.conf" = "../outside.conf" }\n', "is outside the recipe's folder"),
+    ('exec = ["hello"]\nfiles = { "etc/hello.conf" = "hello.conf" }\n', "is not an absolute path in the root"),
+    ('exec = ["hello"]\nfiles = { "/etc/passwd" = "hello.conf" }\n', "which buildbox makes itself"),
+    ('exec = ["hello"]\nstate = ["var/lib/hello"]\n', "is not an absolute path in the root"),
+    ('exec = ["hello"]\nstate = ["/usr/share/hello"]\n', "is in /usr"),
+    ('exec = ["hello"]\nstate = ["/var/lib/../../etc"]\n', "is not an absolute path in the root"),
+    ('exec = ["hello"]\ncapabilities = ["CAP_NET_BIND_SERVCE"]\n', "did you mean CAP_NET_BIND_SERVICE?"),
+    ('exec = ["hello"]\nuser = "root"\n', "is not a service user's name"),
+    ('exec = ["hello"]\nrestart = true\n', "unknown key 'restart' in [install]"),
+]
+
+
+@pytest.mark.parametrize("table,words", BAD_INSTALL, ids=[b[1] for b in BAD_INSTALL])
+def test_a_bad_install_table_is_refused_at_its_line(tmp_path: Path, table: str, words: str) -> None:
+    (tmp_path / "outside.conf").write_text("x\n")
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "hello.conf").write_text("x\n")
+    path = write(tmp_path / "recipes", INSTALL_BASE + table)
+    with pytest.raises(InputError) as caught:
+        load_recipe(path)
+    message = str(caught.value)
+    line = INSTALL_BASE.count("\n") + (1 if table.startswith("exec = []") else table.count("\n"))
+    assert message.startswith(f"{path}:{line}: "), message
+    assert words in message and "\n" not in message
+
+
+def test_an_install_table_is_in_no_key(tmp_path: Path) -> None:
+    from buildbox.keys import build_key
+    from buildbox.pins import Pins
+    pins = Pins.from_dict({"sets": ["a" * 64], "packages": {}, "source": {"git": "https://example.org/hello.git",
+                                                                            "commit": "c" * 40}})
+    (tmp_path / "hello.conf").write_text("x\n")
+    plain = load_recipe(write(tmp_path, GOOD))
+    served = load_recipe(write(tmp_path, INSTALL_BASE + 'exec = ["hello", "serve"]\nstate = ["/var/lib/hello"]\n'
+                                          'files = { "/etc/hello.conf" = "hello.conf" }\n'
+                                          'capabilities = ["cap_net_bind_service"]\n'))
+    assert served.service and served.service.capabilities == ("CAP_NET_BIND_SERVICE",)
+    assert served.service.user == "hello" and served.service.files[0][0] == "/etc/hello.conf"
+    assert build_key(pins, served) == build_key(pins, plain)
