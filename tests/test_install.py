@@ -329,3 +329,53 @@ check = ["caddy version"]
     finally:
         unit.unlink(missing_ok=True)
     shutil.rmtree(root)
+
+
+def test_a_script_gets_its_interpreters_closure_a_static_binary_none_and_a_missing_one_is_named(
+        workspace: Workspace, tmp_path: Path) -> None:
+    recipe = probe_recipe(workspace, '[install]\nexec = ["hello.sh"]\ncheck = ["hello.sh"]\n', name="scripts")
+    text = recipe.read_text().replace(SCRIPT, """\
+gcc -static -o "$OUT/answer-static" word.c -x c - <<'C'
+#include <stdio.h>
+const char *bb_word(void);
+int main(void) { puts(bb_word()); return 0; }
+C
+printf '#!/bin/sh\\necho "hello from sh"\\n' > "$OUT/hello.sh"
+chmod +x "$OUT/hello.sh"
+""")
+    stranded = """printf '#!/opt/nowhere/interpreter\\n' > "$OUT/stranded"\n"""
+    recipe.write_text(text.replace('chmod +x', stranded + 'chmod +x'))
+    refused = workspace.buildbox("install", "--root", tmp_path / "r", recipe, "-q", check=2)
+    assert "stranded needs /opt/nowhere/interpreter, which its build box does not have" in refused.stderr
+    recipe.write_text(text.replace("printf '#!/opt/nowhere/interpreter\\\\n' > \"$OUT/stranded\"\n", "")
+                      .replace(' "$OUT/stranded"', ""))
+    workspace.buildbox("install", "--root", tmp_path / "r", recipe, "-q")
+    current = tmp_path / "r" / "current"
+    manifest = json.loads(next(p for p in (workspace.cache / "builds").glob("*/manifest.json")
+                               if json.loads(p.read_text())["recipe"] == "scripts").read_text())
+    assert manifest["runtime"]["needs"]["answer-static"] == []
+    assert "/usr/bin/dash" in manifest["runtime"]["needs"]["hello.sh"]
+    # /bin/sh as the box has it: the links /bin -> usr/bin and sh -> dash, dash and its libraries.
+    assert os.readlink(current / "bin") == "usr/bin" and os.readlink(current / "usr" / "bin" / "sh") == "dash"
+    assert elf_names(current) == {"answer-static", "dash", "libc.so.6", "ld-linux-x86-64.so.2"}
+    ran = workspace.buildbox("exec", "--root", tmp_path / "r", recipe)
+    assert ran.stdout == "hello from sh\n"
+    assert workspace.buildbox("exec", "--root", tmp_path / "r", recipe, "--", "answer-static").stdout == \
+        "word from libbbword\n"
+
+
+def test_a_build_cached_before_runtime_closures_is_built_again_saying_so(workspace: Workspace, tmp_path: Path) -> None:
+    from buildbox.store import Store
+    recipe = probe_recipe(workspace, INSTALL, name="older")
+    workspace.buildbox("run", recipe, "-q")
+    [path] = [p for p in (workspace.cache / "builds").glob("*/manifest.json")
+              if json.loads(p.read_text())["recipe"] == "older"]
+    manifest = json.loads(path.read_text())
+    del manifest["runtime"]   # as buildbox wrote it before this change, recorded as made so
+    path.write_text(json.dumps(manifest))
+    shutil.rmtree(path.parent / "runtime")
+    Store(workspace.cache)._record("builds", path.parent.name, path.parent)
+    done = workspace.buildbox("install", "--root", tmp_path / "r", recipe, "-q")
+    assert "was made before builds kept their runtime closure: building it again" in done.stderr
+    assert "runtime" in json.loads(path.read_text())
+    assert (tmp_path / "r" / "current" / "home" / "builder" / "lib" / "libbbword.so.1").is_file()

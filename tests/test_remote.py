@@ -138,7 +138,10 @@ def test_config_mistakes_exit_2_at_file_line(workspace: Workspace, keys: dict[st
 
 def test_a_pushes_b_takes_without_bootstrapping(workspace: Workspace, nginx: Nginx, keys: dict[str, str], template: tuple[Path, str],
                                                 tmp_path: Path) -> None:
-    recipe = locked_recipe(workspace, "shared", "printf 'shared bits\\n' > $OUT/tool; chmod +x $OUT/tool", template)
+    recipe = locked_recipe(workspace, "shared", "printf '#!/bin/sh\\necho shared bits\\n' > $OUT/tool; chmod +x $OUT/tool",
+                           template)
+    with open(recipe, "a") as f:   # in no key; what `install` on B needs comes with the entry
+        f.write('[install]\nexec = ["tool"]\n')
     a = config(workspace, "a", nginx.url, keys, sign="farm1", push=True)
     built = workspace.buildbox("run", recipe, "--config", a)
     key = build_key(workspace, recipe)
@@ -161,6 +164,13 @@ def test_a_pushes_b_takes_without_bootstrapping(workspace: Workspace, nginx: Ngi
     assert manifest["from_remote"] == {"signer": "farm1", "reproduced_by": 0}
     assert json.loads((workspace.root / "out/shared/manifest.json").read_text())["from_remote"] is False
     assert os.access(tmp_path / "b-out/shared/tool", os.X_OK)
+    # The runtime closure came with it: B installs the tool's root (its /bin/sh, dash and libc)
+    # with no layer of its own.
+    assert "/usr/bin/dash" in manifest["runtime"]["files"]
+    workspace.buildbox("install", "--root", tmp_path / "b-root", recipe, "--config", b, "--cache", b_cache, "-q")
+    assert (tmp_path / "b-root/current/usr/bin/dash").is_file()
+    assert workspace.buildbox("exec", "--root", tmp_path / "b-root", recipe, "--cache", b_cache).stdout == "shared bits\n"
+    assert not (b_cache / "layers").exists() or not list((b_cache / "layers").glob("*"))
     # The second run is a no-op, and still bootstraps nothing.
     again = workspace.buildbox("run", recipe, "--config", b, "--cache", b_cache, "--out", tmp_path / "b-out")
     assert not ({"set", "base", "layer", "source", "build"} & ran(again)), again.stderr
