@@ -11,6 +11,11 @@ everything left in the box.
 A host view (verify's commands on the host) is run as the first process of namespaces that
 unshare(1) made, and keeps the host's root, read-only.
 
+A runtime root (buildbox exec, an install's check) is entered without a user namespace: the
+service runs as its own host uid on the host's network, in mount, PID and IPC namespaces of its
+own, the root read-only with its state bound in, keeping only the capabilities its plan lists
+(bounding and ambient).
+
 Run by path with the host's python3 (it imports nothing of buildbox; libseccomp through
 pyseccomp), with the path of its plan: a JSON file only root can read, removed once read, made
 by buildbox/sandbox.py (Plan.to_enter) from the same plan `--debug` prints. Order of the

@@ -61,11 +61,17 @@ class ServiceUser:
 
 def service_uid(name: str) -> int:
     """A uid of the service range for a new root: from the recipe's name, the next one free of
-    host accounts and groups."""
+    host accounts and groups and of the other roots in the default place."""
     start = zlib.crc32(name.encode()) % SERVICE_COUNT
+    others = set()
+    for marker in DEFAULT_ROOTS.glob(f"*/{MARKER}"):
+        try:
+            others.add(json.loads(marker.read_text()).get("uid"))
+        except (OSError, ValueError, AttributeError):
+            continue
     for step in range(SERVICE_COUNT):
         uid = SERVICE_FIRST + (start + step) % SERVICE_COUNT
-        if not _taken(uid):
+        if uid not in others and not _taken(uid):
             return uid
     raise InputError("no free uid for the service", hint=f"free ids between {SERVICE_FIRST} and "
                      f"{SERVICE_FIRST + SERVICE_COUNT - 1}")
@@ -109,7 +115,7 @@ class RuntimeRoot:
             raise InputError(f"{flag} is {'/' if real == Path('/') else 'a symlink'}",
                              hint="name a directory of its own, such as /var/lib/buildbox/roots/NAME")
         if real == cache_real or cache_real in real.parents or real in cache_real.parents:
-            raise InputError(f"{flag} is in the cache {log.escaped(str(cache))} or holds it",
+            raise InputError(f"{flag} is in the cache ({log.escaped(str(cache))}) or holds it",
                              hint="name a directory outside the cache (the default is /var/lib/buildbox/roots/NAME)")
         root = cls(path, recipe)
         marker = root.marker()

@@ -7,6 +7,9 @@ per-box overlays of shared folders) and adds the in-namespace half for each comm
 is what enter.py carries out, handed over as JSON (Plan.to_enter): enter.py runs with
 `python3 -I` and imports nothing of buildbox, so the JSON is its whole interface.
 
+A service's runtime root (buildbox exec) is a plan of the same operations: RuntimeRoot in place
+of the overlay and PivotRoot, Capabilities in place of DropCapabilities.
+
 A mode of running boxes is a value here, not a new code path: who maps the ids and who mounts
 is IdMap's `mapper` and `mounter` (host root today; the rootless mode would name itself there).
 """
