@@ -18,6 +18,7 @@ from pathlib import Path
 SYS_OPENAT2 = 437          # the same number on every architecture (Linux 5.6+)
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_IN_ROOT = 0x10
+RESOLVE_NO_SYMLINKS, RESOLVE_BENEATH = 0x04, 0x08
 MAX_LINKS = 40
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -26,6 +27,23 @@ _libc.syscall.restype = ctypes.c_long
 
 class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+def open_beneath(folder: Path, path: str, flags: int) -> int:
+    """path below folder, opened with no link anywhere on the way (openat2 RESOLVE_BENEATH and
+    RESOLVE_NO_SYMLINKS): a folder that changes after it was checked cannot lead elsewhere."""
+    dirfd = os.open(folder, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        how = _OpenHow(flags | os.O_CLOEXEC, 0, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
+        while True:
+            fd = _libc.syscall(SYS_OPENAT2, dirfd, os.fsencode(path), ctypes.byref(how), ctypes.sizeof(how))
+            if fd >= 0:
+                return fd
+            err = ctypes.get_errno()
+            if err not in (errno.EINTR, errno.EAGAIN):
+                raise OSError(err, os.strerror(err), path)
+    finally:
+        os.close(dirfd)
 
 
 class Root:

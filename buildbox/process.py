@@ -270,7 +270,9 @@ def foreground(argv: Sequence[str], *, what: str) -> int:
     """Run argv with buildbox's own terminal or pipes, passing on the signals a supervisor (rc,
     runit, a shell's Ctrl-C) sends buildbox; its exit status (128 + N for signal N)."""
     try:
-        proc = subprocess.Popen([str(a) for a in argv])
+        # A process group of its own: a terminal's Ctrl-C reaches buildbox alone, which passes it
+        # on once (as every signal), not the service three times over.
+        proc = subprocess.Popen([str(a) for a in argv], process_group=0)
     except OSError as err:
         raise BuildFailed(f"{what}: cannot start {argv[0]}: {err.strerror}") from None
     forwarded = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)

@@ -194,12 +194,13 @@ class Service:
     file is not a new build."""
     exec: tuple[str, ...]
     user: str
-    files: tuple[tuple[str, Path], ...] = ()   # path in the root -> the file in the recipe's folder
+    files: tuple[tuple[str, str], ...] = ()    # path in the root -> the file, relative to `folder`
     state: tuple[str, ...] = ()                 # writable directories, kept across generations
     ca_certificates: bool = False
     capabilities: tuple[str, ...] = ()
     check: tuple[str, ...] = ()
     lines: tuple[tuple[str, int], ...] = ()
+    folder: Path = Path(".")                  # the recipe's folder, which `files` names files of
 
     def at(self, path: Path, key: str) -> str:
         return f"{path}:{dict(self.lines).get(key, 1)}"
@@ -616,9 +617,12 @@ def _parse_install(doc: Doc, table: dict[str, Any], name: str) -> Service:
     doc.check_keys(table, key, {"exec": list, "user": str, "files": dict, "state": list, "ca-certificates": bool,
                                 "capabilities": list, "check": list})
     command = table.get("exec", [])
-    if not command or not command[0] or any("\0" in word for word in command):
+    if not command or not command[0]:
         doc.fail(key, "exec" if "exec" in table else None, "[install] exec names no program",
                  f'write exec = ["{name}", "ARGUMENT", ...]: an artifact of the build and its arguments')
+    if any(_control(word) for word in command):
+        doc.fail(key, "exec", "[install] exec holds a control character (a newline, a NUL)",
+                 "write each argument on one line, with printable characters")
     user = table.get("user", name.lower().replace(".", "-").replace("+", "-"))
     if not USER_RE.fullmatch(user) or user == "root":
         doc.fail(key, "user" if "user" in table else None, f"user {user!r} is not a service user's name",
@@ -627,7 +631,7 @@ def _parse_install(doc: Doc, table: dict[str, Any], name: str) -> Service:
     folder = os.path.realpath(doc.path.parent)
     for there, here in table.get("files", {}).items():
         _root_path(doc, "files", there, "files names")
-        if there in ROOT_OWN or there.startswith(("/usr/", "/dev/", "/proc/", "/tmp/")):
+        if there in ROOT_OWN or there in NOT_STATE or there.startswith(("/usr/", "/dev/", "/proc/", "/tmp/")):
             doc.fail(key, "files", f"files names {there}, which buildbox makes itself",
                      "put the file elsewhere (/etc/NAME/...)")
         if not isinstance(here, str) or not here or "\0" in here:
@@ -640,7 +644,7 @@ def _parse_install(doc: Doc, table: dict[str, Any], name: str) -> Service:
         if not os.path.isfile(source):
             doc.fail(key, "files", f"files {there} = {here!r}: no such file ({source})",
                      "name a file relative to the recipe's folder")
-        files.append((there, Path(source)))
+        files.append((there, os.path.relpath(source, folder)))
     state = []
     for path in table.get("state", []):
         _root_path(doc, "state", path, "state")
@@ -660,12 +664,18 @@ def _parse_install(doc: Doc, table: dict[str, Any], name: str) -> Service:
             doc.fail(key, "capabilities", f"{cap!r} is not a capability",
                      f"did you mean {close[0]}?" if close else "name Linux capabilities, such as CAP_NET_BIND_SERVICE")
     checks = table.get("check", [])
-    if any(not c.strip() or "\0" in c for c in checks):
-        doc.fail(key, "check", "a check command is empty or holds a NUL byte", 'write check = ["NAME --version"]')
+    if any(not c.strip() or _control(c) for c in checks):
+        doc.fail(key, "check", "a check command is empty or holds a control character (a newline, a NUL)",
+                 'write check = ["NAME --version"], one command per string')
     lines = tuple((k, doc.line_of(key, k)) for k in ("exec", "user", "files", "state", "ca-certificates",
                                                       "capabilities", "check"))
     return Service(tuple(command), user, tuple(sorted(files)), tuple(sorted(state)), table.get("ca-certificates", False),
-                   tuple(sorted(set(capabilities))), tuple(checks), (("install", doc.line_of(key)), *lines))
+                   tuple(sorted(set(capabilities))), tuple(checks), (("install", doc.line_of(key)), *lines),
+                   Path(folder))
+
+
+def _control(text: str) -> bool:
+    return any(ord(c) < 32 or c == "\x7f" for c in text)
 
 
 def _kernel_most(key: str) -> int:

@@ -33,7 +33,7 @@ from typing import Any
 
 from buildbox import log
 from buildbox.errors import BuildFailed, InputError
-from buildbox.inroot import Root
+from buildbox.inroot import Root, open_beneath
 from buildbox.recipe import ROOT_OWN, Recipe, Service
 from buildbox.records import MANIFEST
 from buildbox.runtime import CA_BUNDLE, RUNTIME
@@ -118,6 +118,7 @@ class RuntimeRoot:
             raise InputError(f"{flag} is in the cache ({log.escaped(str(cache))}) or holds it",
                              hint="name a directory outside the cache (the default is /var/lib/buildbox/roots/NAME)")
         root = cls(path, recipe)
+        _check_owned(path, flag)
         marker = root.marker()
         if path.exists() and (not path.is_dir() or marker is None and any(path.iterdir())):
             raise InputError(f"{flag} exists and was not made by buildbox",
@@ -199,10 +200,11 @@ class RuntimeRoot:
                              "there is none before it", hint=f"the last {KEEP} generations are kept")
         return older[-1]
 
-    def prune(self) -> list[int]:
-        """Remove all but the newest KEEP generations and the current one; returns those removed."""
+    def prune(self, was: int | None = None) -> list[int]:
+        """Remove all but the newest KEEP generations, the current one and `was` (current until
+        now: what a running service still runs from); returns those removed."""
         numbers = self.generations()
-        keep = set(numbers[-KEEP:]) | {self.current()}
+        keep = set(numbers[-KEEP:]) | {self.current(), was}
         gone = [n for n in numbers if n not in keep]
         for number in gone:
             remove_tree(self.generation(number))
@@ -283,7 +285,7 @@ class RuntimeRoot:
             tree.write(place, text, mode=0o644)
         for place, source in self.service.files:
             tree.makedirs(os.path.dirname(place))
-            _copy_file(source, tree, place)
+            _copy_file(self.service.folder, source, tree, place)
         for place in self.service.state:
             tree.makedirs(place)
             self.state_dir(place)
@@ -334,6 +336,24 @@ def service_limits(recipe: Recipe) -> Iterator[tuple[list[str], dict[str, int]]]
         yield group.procs, {"files": limits.files}
 
 
+def _check_owned(path: Path, flag: str) -> None:
+    """The root, and every folder above it, is host root's and writable by no one else (a sticky
+    folder such as /tmp aside, above it): another user could otherwise swap a part of it under
+    buildbox, which writes there as root."""
+    for depth, place in enumerate([path, *path.parents]):
+        try:
+            st = os.lstat(place)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(st.st_mode) and depth:
+            st = os.stat(place)   # a link above the root (/var/run -> /run) is followed by every path
+        open_to_others = st.st_mode & 0o022 and not (depth and st.st_mode & stat.S_ISVTX)
+        if st.st_uid != 0 or open_to_others:
+            raise InputError(f"{flag}: {log.escaped(str(place))} belongs to uid {st.st_uid}"
+                             f"{' and others may write to it' if open_to_others else ''}, not to root alone",
+                             hint="name a root in a folder only root can change (the default: /var/lib/buildbox/roots)")
+
+
 def _plain(place: str) -> bool:
     return place.startswith("/") and place != "/" and os.path.normpath(place) == place and \
         not place.startswith("//") and not any(ord(c) < 32 for c in place)
@@ -360,15 +380,22 @@ def _copy(source: Path, tree: Root, place: str, sha256: str, mode: int) -> None:
                           hint="`buildbox fsck` finds damaged entries; rebuild with `buildbox gc` then install")
 
 
-def _copy_file(source: Path, tree: Root, place: str) -> None:
-    """A file of the recipe's folder ([install] files), never a link or a FIFO, readable by the service."""
+def _copy_file(folder: Path, source: str, tree: Root, place: str) -> None:
+    """A file of the recipe's folder ([install] files), readable by the service: opened below the
+    folder with no link on the way (it may have changed since the recipe was read), never a FIFO,
+    never a hard link to a file elsewhere."""
+    shown = log.escaped(str(folder / source))
     try:
-        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = open_beneath(folder, source, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError as err:
-        raise InputError(f"[install] files: cannot read {log.escaped(str(source))}: {err.strerror}") from None
+        raise InputError(f"[install] files: cannot read {shown} below the recipe's folder: {err.strerror}",
+                         hint="name a file in the recipe's folder, not through a link") from None
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise InputError(f"[install] files: {log.escaped(str(source))} is not a regular file")
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            raise InputError(f"[install] files: {shown} is not a regular file of its own "
+                             f"({'hard-linked' if stat.S_ISREG(st.st_mode) else 'not a file'})",
+                             hint="copy the file into the recipe's folder")
         out = _create(tree, place)
         with os.fdopen(out, "wb") as dest:
             while chunk := f.read(COPY_CHUNK):

@@ -19,7 +19,10 @@ def unit_name(name: str) -> str:
 
 
 def _value(text: str) -> str:
-    """A value as systemd reads it: its specifiers (%) and variables ($) taken literally."""
+    """A value as systemd reads it: its specifiers (%) and variables ($) taken literally; never
+    a line break, which would be a line of its own (recipe.py refuses them first)."""
+    if any(ord(c) < 32 or c == "\x7f" for c in text):
+        raise ValueError(f"a control character in a unit value: {text!r}")
     return text.replace("%", "%%")
 
 

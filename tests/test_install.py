@@ -54,7 +54,7 @@ gcc -o "$OUT/probe" probe.c "$HOME/lib/libbbword.so.1" -Wl,-rpath,"$HOME/lib" -W
 """
 
 
-def probe_recipe(ws: Workspace, install: str, name: str = "probe") -> Path:
+def probe_recipe(ws: Workspace, install: str, name: str = "probe", packages: str = C_PACKAGES) -> Path:
     """A C program whose library is off the default paths (RUNPATH $HOME/lib in the build box),
     with the given [install] table."""
     source = ws.root / "probe.tar"
@@ -69,7 +69,7 @@ def probe_recipe(ws: Workspace, install: str, name: str = "probe") -> Path:
     digest = hashlib.sha256(source.read_bytes()).hexdigest()
     return ws.recipe(name, f"""\
 [packages]
-install = {C_PACKAGES}
+install = {packages}
 [source]
 url = "{source}"
 sha256 = "{digest}"
@@ -171,9 +171,15 @@ def test_generations_roll_back_keep_state_and_a_failing_check_changes_nothing(wo
     assert sorted(p.name for p in (root / "generations").iterdir()) == ["1", "2"]
 
     recipe = probe_recipe(workspace, INSTALL)
-    for _ in range(3):
-        workspace.buildbox("install", "--root", root, recipe, "-q")
-    assert sorted(int(p.name) for p in (root / "generations").iterdir()) == [3, 4, 5]   # the last 3 (the failed one made none)
+    workspace.buildbox("install", "--root", root, recipe, "-q")
+    assert sorted(int(p.name) for p in (root / "generations").iterdir()) == [1, 2, 3]   # the failed one made none
+    for _ in range(2):
+        workspace.buildbox("install", "--rollback", "--root", root, recipe)
+    workspace.buildbox("install", "--root", root, recipe, "-q")
+    # The last 3, and generation 1, current until this install: a service may still run from it.
+    assert sorted(int(p.name) for p in (root / "generations").iterdir()) == [1, 2, 3, 4]
+    workspace.buildbox("install", "--root", root, recipe, "-q")
+    assert sorted(int(p.name) for p in (root / "generations").iterdir()) == [3, 4, 5]
     assert (root / "state" / "var" / "lib" / "probe" / "kept").read_text() == "mine\n"
 
 
@@ -190,6 +196,14 @@ def test_install_refuses_what_the_build_cannot_give_at_the_recipes_line(workspac
     assert not (tmp_path / "r" / "current").exists()
 
 
+def test_ca_certificates_puts_the_build_boxs_bundle_in_the_root(workspace: Workspace, tmp_path: Path) -> None:
+    recipe = probe_recipe(workspace, '[install]\nexec = ["probe"]\nca-certificates = true\n', name="withca",
+                          packages='["gcc", "libc6-dev", "ca-certificates"]')
+    workspace.buildbox("install", "--root", tmp_path / "r", recipe, "-q")
+    bundle = tmp_path / "r" / "current" / "etc" / "ssl" / "certs" / "ca-certificates.crt"
+    assert bundle.is_file() and not bundle.is_symlink() and "BEGIN CERTIFICATE" in bundle.read_text()
+
+
 def test_install_refuses_a_root_that_is_slash_in_the_cache_or_not_buildboxs(workspace: Workspace,
                                                                             tmp_path: Path) -> None:
     recipe = probe_recipe(workspace, INSTALL)
@@ -202,6 +216,39 @@ def test_install_refuses_a_root_that_is_slash_in_the_cache_or_not_buildboxs(work
         assert said in result.stderr and "-->" not in result.stderr
     assert sorted(p.name for p in theirs.iterdir()) == ["important"]
     assert not (workspace.cache / "roots").exists()
+    # A root (or a folder above it) another user owns or may write to could be swapped under
+    # buildbox, which writes there as root: refused, with uid 1000 (a real account here).
+    for owner, mode in ((1000, 0o700), (0, 0o777)):
+        planted = tmp_path / f"planted-{owner}-{mode:o}"
+        planted.mkdir()
+        os.chown(planted, owner, owner)
+        planted.chmod(mode)
+        result = workspace.buildbox("install", "--root", planted / "probe", recipe, check=2)
+        assert "not to root alone" in result.stderr and not (planted / "probe").exists()
+
+
+def test_a_files_source_swapped_for_a_link_after_the_recipe_was_read_is_refused(workspace: Workspace,
+                                                                               tmp_path: Path) -> None:
+    from buildbox.errors import InputError
+    from buildbox.lock import load_recipe
+    from buildbox.roots import _copy_file
+    from buildbox.inroot import Root
+    probe_recipe(workspace, INSTALL.replace('"probe.conf"', '"conf/probe.conf"'))
+    folder = workspace.root / "recipes"
+    (folder / "conf").mkdir()
+    (folder / "conf" / "probe.conf").write_text("mine\n")
+    service = load_recipe(folder / "probe.toml").service
+    (folder / "conf" / "probe.conf").unlink()
+    (folder / "conf").rmdir()
+    (folder / "conf").symlink_to("/etc")   # the recipe's folder changed under it: conf/ -> /etc
+    (folder / "probe.conf").unlink()
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    for name in ("conf/probe.conf", "conf/shadow"):
+        with Root(dest) as tree, pytest.raises(InputError) as caught:
+            _copy_file(service.folder, name, tree, "/x")
+        assert "not through a link" in str(caught.value)
+    assert not (dest / "x").exists()
 
 
 def free_port() -> int:
@@ -368,8 +415,9 @@ def test_a_build_cached_before_runtime_closures_is_built_again_saying_so(workspa
     from buildbox.store import Store
     recipe = probe_recipe(workspace, INSTALL, name="older")
     workspace.buildbox("run", recipe, "-q")
-    [path] = [p for p in (workspace.cache / "builds").glob("*/manifest.json")
-              if json.loads(p.read_text())["recipe"] == "older"]
+    keys = workspace.buildbox("list", "--keys", recipe).stdout
+    key = next(line.split()[2] for line in keys.splitlines() if line.startswith("build "))
+    path = workspace.cache / "builds" / key / "manifest.json"
     manifest = json.loads(path.read_text())
     del manifest["runtime"]   # as buildbox wrote it before this change, recorded as made so
     path.write_text(json.dumps(manifest))

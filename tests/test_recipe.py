@@ -310,6 +310,9 @@ BAD_INSTALL = [
     ('exec = ["hello"]\ncapabilities = ["CAP_NET_BIND_SERVCE"]\n', "did you mean CAP_NET_BIND_SERVICE?"),
     ('exec = ["hello"]\nuser = "root"\n', "is not a service user's name"),
     ('exec = ["hello"]\nrestart = true\n', "unknown key 'restart' in [install]"),
+    ('exec = ["hello", "a\\nExecStartPre=+/bin/sh"]\n', "exec holds a control character"),
+    ('exec = ["hello"]\ncheck = ["hello\\nid"]\n', "holds a control character"),
+    ('exec = ["hello"]\nfiles = { "/etc" = "hello.conf" }\n', "which buildbox makes itself"),
 ]
 
 

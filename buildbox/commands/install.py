@@ -32,8 +32,8 @@ def main(args: argparse.Namespace) -> int:
 
     [recipe] = load([args.recipe])
     remote = open_remote(args, use=not args.rollback)
-    root = RuntimeRoot.choose(args.root, recipe, args.cache, create=not args.rollback)
     need_root()
+    root = RuntimeRoot.choose(args.root, recipe, args.cache, create=not args.rollback)
     if args.restart and not systemd_running():
         raise InputError("--restart restarts a systemd unit, and systemd is not running here (PID 1 is not systemd)",
                          hint="restart the service as this host starts it (rc, runit), or leave out --restart")
@@ -52,15 +52,17 @@ def main(args: argparse.Namespace) -> int:
                 log.note(f"install: check: {command}")
                 try:
                     root.run(number, check_words(recipe, command), foreground=False, timeout=recipe.verify_timeout)
-                except BuildFailed as err:
+                except BaseException as err:   # Ctrl-C too: an unchecked generation never stays
                     from buildbox.store import remove_tree
                     remove_tree(root.generation(number))
+                    if not isinstance(err, BuildFailed):
+                        raise
                     stays = f"generation {was} stays current" if was else "no generation is current"
                     raise BuildFailed(f"the check `{command}` failed in the new generation of {recipe.name}: "
                                       f"{err.message}; {stays}", where=recipe.service.at(recipe.path, "check"),
                                       tail=err.tail) from None
             root.go_live(number)
-            gone = root.prune()
+            gone = root.prune(was)
             print(f"install: {recipe.name}: generation {number} is current ({root.generation(number)})"
                   + (f"; removed generation {', '.join(map(str, gone))}" if gone else ""))
     if args.unit:
