@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from buildbox import __version__, log, process, runtime
+from buildbox import __version__, log, process
 from buildbox.base import renumber_user
 from buildbox.constants import BUILDER, EPOCH, FETCH, FETCH_ENV, OFFLINE_ENV, OUT, SRC, BuildUser
 from buildbox.box import NAMESPACES, Box, resolve_in_root, run_on_host
@@ -148,6 +148,7 @@ def make_build(store: Store, recipe: Recipe, layers: list[Path], entry: Path, in
             os.chmod(dest, (0o755 if mode & 0o111 else 0o644) & (mode | 0o700))
             os.utime(dest, (EPOCH, EPOCH))
         check_in_box(box, artifacts, user)
+        from buildbox import runtime   # pyelftools: imported by a build, not by every start-up
         closure = runtime.collect(box.root, artifacts, entry / runtime.RUNTIME, OUT)
     facts = verify_on_host(recipe, files)
     run_verify_commands(store, recipe, files, logfile)

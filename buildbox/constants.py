@@ -51,6 +51,10 @@ FETCH_ENV = {"FETCH": FETCH, "GOPATH": f"{FETCH}/go", "GOMODCACHE": f"{FETCH}/go
 # here: a recipe's is kept, with -mod=mod appended.
 OFFLINE_ENV = {"GOPROXY": "off", "CARGO_NET_OFFLINE": "true", "npm_config_offline": "true", "PIP_NO_INDEX": "1"}
 
+# What one build's runtime closure may come to (runtime.py); a remote entry may be that much
+# over its artifacts.
+RUNTIME_MAX_BYTES = 1 << 30
+
 # The capabilities by number (linux/capability.h), for [install] capabilities and enter.py.
 CAPABILITIES = (
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",

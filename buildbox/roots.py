@@ -419,7 +419,3 @@ def _host_resolv_conf() -> str:
     except OSError:
         return ""
 
-
-def check_argv(command: str) -> list[str]:
-    """A check command as the argv it runs (the root has no shell): split as a shell would split words."""
-    return shlex.split(command)

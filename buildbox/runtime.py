@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from buildbox import log
-from buildbox.constants import EPOCH
+from buildbox.constants import EPOCH, RUNTIME_MAX_BYTES
 from buildbox.elf import ElfInfo, MalformedElf, expand_origin, loader_dirs, read_elf, resolve_needed
 from buildbox.errors import BuildFailed
 from buildbox.inroot import Root
@@ -29,7 +29,6 @@ RUNTIME = "runtime"   # beside files/ in a build entry
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 MAX_LINKS = 40
 MAX_OBJECTS = 4096   # libraries in one closure: more is a fan-out, not a program
-MAX_BYTES = 1 << 30   # what one closure may come to (a remote entry may be that much over its artifacts)
 COPY_CHUNK = 1 << 20
 
 
@@ -114,8 +113,8 @@ class Closure:
                     digest.update(chunk)
                     size += len(chunk)
                     self.bytes += len(chunk)
-                    if self.bytes > MAX_BYTES:
-                        raise BuildFailed(f"the runtime closure comes to more than {MAX_BYTES >> 20} MiB "
+                    if self.bytes > RUNTIME_MAX_BYTES:
+                        raise BuildFailed(f"the runtime closure comes to more than {RUNTIME_MAX_BYTES >> 20} MiB "
                                           f"(at {log.escaped(real)})")
                     f.write(chunk)
             mode = 0o755 if os.fstat(source.fileno()).st_mode & 0o111 else 0o644

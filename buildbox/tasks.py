@@ -19,7 +19,8 @@ from doit.doit_cmd import DoitMain
 from doit.exceptions import TaskFailed
 from doit.reporter import ConsoleReporter
 
-from buildbox import base, build, fetch, keys, layers, log, out, packages, runtime, sets, source
+from buildbox import base, build, fetch, keys, layers, log, out, packages, sets, source
+from buildbox.constants import RUNTIME_MAX_BYTES
 from buildbox.context import Context
 from buildbox.errors import BuildboxError, Interrupted, failure_of
 from buildbox.keys import Stage
@@ -216,7 +217,7 @@ class Graph:
         if not isinstance(stage.key, str) or stage.document is None:
             return None
         # Its files: the artifacts, their runtime closure, and room for the rest of the entry.
-        return Wanted(recipe.name, stage.key, stage.document, recipe.limits.artifacts + runtime.MAX_BYTES + (1 << 20))
+        return Wanted(recipe.name, stage.key, stage.document, recipe.limits.artifacts + RUNTIME_MAX_BYTES + (1 << 20))
 
     def take(self, recipe: Recipe) -> bool:
         """The recipe's build entry from the remote cache, if it has one this machine takes."""
